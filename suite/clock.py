@@ -1,0 +1,102 @@
+"""The MLPerf clock: the only place that reads the time. Every boundary waits for the device first.
+
+It emits the mllog boundary events (init, run, block, eval) with the time it read, and counts XLA compilations
+so that a compile inside the timed region (run_start..run_stop) is caught rather than silently timed.
+"""
+
+import time
+
+import jax
+from jax import monitoring
+
+from suite.mlperf_log import KEYS, MLPerfLog
+
+_BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+_compiles = 0
+_listening = False
+
+
+def _on_duration_event(name: str, duration_s: float, **kwargs):
+  del duration_s, kwargs
+  if name == _BACKEND_COMPILE_EVENT:
+    global _compiles
+    _compiles += 1
+
+
+def compile_count() -> int:
+  """Backend compilations in this process since the first Clock was made."""
+  global _listening
+  if not _listening:  # Registered lazily: importing the suite has no side effects.
+    monitoring.register_event_duration_secs_listener(_on_duration_event)
+    _listening = True
+  return _compiles
+
+
+class Clock:
+  """Timestamps MLPerf boundaries after `jax.block_until_ready` on whatever the caller passes in."""
+
+  def __init__(self, log: MLPerfLog):
+    self._log = log
+    self._marks: dict[str, float] = {}
+    self._compiles_at_run_start = 0
+    self.compiles_after_run_start = 0
+    self.eval_s = 0.0
+    self._eval_started = 0.0
+    compile_count()
+
+  def now(self, *wait_for) -> float:
+    """Seconds since the epoch, read after the given device values are ready."""
+    if wait_for:
+      jax.block_until_ready(wait_for)
+    return time.time()
+
+  def _mark(self, name: str, wait_for) -> float:
+    t = self.now(*wait_for)
+    self._marks[name] = t
+    return t
+
+  def init_start(self):
+    self._log.start(KEYS.INIT_START, time_ms=self._mark('init_start', ()) * 1e3)
+
+  def init_stop(self, *wait_for):
+    self._log.end(KEYS.INIT_STOP, time_ms=self._mark('init_stop', wait_for) * 1e3)
+
+  def run_start(self):
+    self._compiles_at_run_start = compile_count()
+    self._log.start(KEYS.RUN_START, time_ms=self._mark('run_start', ()) * 1e3)
+
+  def run_stop(self, status: str, *wait_for, **metadata):
+    t = self._mark('run_stop', wait_for)
+    self.compiles_after_run_start = compile_count() - self._compiles_at_run_start
+    self._log.end(KEYS.RUN_STOP, metadata={'status': status, **metadata}, time_ms=t * 1e3)
+
+  def block_start(self, first_epoch_num: int, epoch_count: int):
+    self._log.start(KEYS.BLOCK_START, metadata={'first_epoch_num': first_epoch_num, 'epoch_count': epoch_count},
+                    time_ms=self.now() * 1e3)
+
+  def block_stop(self, first_epoch_num: int, *wait_for):
+    self._log.end(KEYS.BLOCK_STOP, metadata={'first_epoch_num': first_epoch_num},
+                  time_ms=self.now(*wait_for) * 1e3)
+
+  def eval_start(self, epoch_num: int, *wait_for):
+    self._eval_started = self.now(*wait_for)
+    self._log.start(KEYS.EVAL_START, metadata={'epoch_num': epoch_num}, time_ms=self._eval_started * 1e3)
+
+  def eval_stop(self, epoch_num: int, *wait_for):
+    t = self.now(*wait_for)
+    self.eval_s += t - self._eval_started
+    self._log.end(KEYS.EVAL_STOP, metadata={'epoch_num': epoch_num}, time_ms=t * 1e3)
+
+  def since(self, mark: str) -> float:
+    return self.now() - self._marks[mark]
+
+  def span(self, start: str, stop: str) -> float:
+    return self._marks[stop] - self._marks[start]
+
+  @property
+  def init_s(self) -> float:
+    return self.span('init_start', 'init_stop')
+
+  @property
+  def time_to_train_s(self) -> float:
+    return self.span('run_start', 'run_stop')

@@ -1,0 +1,127 @@
+"""Entry point: `python -m suite.main --workload=resnet --scale=tiny` trains to the target and reports time to train.
+
+Parses flags (two passes: the workload and scale pick the config that `--config.KEY=VALUE` then overrides),
+selects the JAX platform, and hands a config to the runner. Bad input ends in one line and exit status 2.
+"""
+
+import os
+import secrets
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from suite import registry
+from suite.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workload', 'resnet', f'Benchmark to run: one of {", ".join(sorted(registry.WORKLOADS))}.')
+flags.DEFINE_enum('scale', 'full', ['full', 'tiny'],
+                  'full: the real MLPerf benchmark; tiny: a small model on generated data that trains on a CPU.')
+flags.DEFINE_enum('platform', None, ['cpu', 'gpu', 'tpu'], 'JAX backend to run on (default: the best available).')
+flags.DEFINE_string('data_dir', None, 'TFDS data folder (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
+flags.DEFINE_string('output_dir', None, 'Where result_0.txt, summary.json and metrics.jsonl go '
+                    '(default: runs/<workload>-<scale>-<time>).')
+flags.DEFINE_integer('seed', None, 'Run seed (default: a fresh random one; MLPerf runs need distinct seeds).')
+flags.DEFINE_enum('division', None, ['closed', 'open'], 'MLPerf division (default: closed for full, open for tiny).')
+flags.DEFINE_string('submission_org', 'jax-suite', 'submission_org in the MLPerf log.')
+flags.DEFINE_string('submission_platform', '', "submission_platform in the log (default: '<n>x<device kind>').")
+flags.DEFINE_enum('submission_status', 'onprem', ['cloud', 'onprem', 'preview', 'research'],
+                  'submission_status in the MLPerf log.')
+flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for MFU (default: data sheet, or measured on CPU).')
+flags.DEFINE_bool('overwrite', False, 'Replace the files of a finished run in --output_dir.')
+
+_JAX_PLATFORMS = {'cpu': 'cpu', 'gpu': 'cuda,rocm', 'tpu': 'tpu'}
+
+
+def _config_keys(config, prefix: str = '') -> list[str]:
+  keys = []
+  for key, value in config.items():
+    keys += _config_keys(value, f'{prefix}{key}.') if hasattr(value, 'items') else [prefix + key]
+  return keys
+
+
+def _check_config_overrides(argv: list[str], config, where: str) -> None:
+  """Rejects an unknown --config.KEY before absl turns it into a traceback."""
+  known = _config_keys(config)
+  for arg in argv[1:]:
+    if arg.startswith('--config.'):
+      key = arg[len('--config.'):].split('=', 1)[0]
+      if key not in known and not any(k.startswith(key + '.') for k in known):
+        raise UserError(f"unknown config key '{key}' for {where}: known keys are {', '.join(known)}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Pass 1 reads --workload/--scale; pass 2 parses everything against that workload's locked config."""
+  try:
+    FLAGS(argv, known_only=True)
+    workload = registry.get_workload(FLAGS.workload)
+    config = workload.get_config(FLAGS.scale)
+    _check_config_overrides(argv, config, f'{FLAGS.workload} (scale {FLAGS.scale})')
+    config_flags.DEFINE_config_dict('config', config, 'Workload config; override fields with --config.KEY=VALUE.',
+                                    lock_config=True)
+    return FLAGS(argv)
+  except UserError as e:
+    _fail(str(e))
+  except flags.Error as e:
+    _fail(f'{e} (see --helpfull)')
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def select_platform(platform: str | None):
+  """Points JAX at the requested backend, failing in one line if this machine lacks it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if platform:
+    jax.config.update('jax_platforms', _JAX_PLATFORMS[platform])
+  try:
+    return jax.devices()
+  except RuntimeError as e:
+    raise UserError(f"platform '{platform}' is not available here ({str(e).splitlines()[0]}): install the JAX "
+                    f"build for it (see BUILD.md) or choose another --platform") from None
+
+
+def run_from_flags() -> dict:
+  from suite import runner  # pylint: disable=import-outside-toplevel
+  select_platform(FLAGS.platform)
+  workload_module = registry.get_workload(FLAGS.workload)
+  workload = workload_module.Workload(FLAGS.config, FLAGS.scale)
+  output_dir = FLAGS.output_dir or os.path.join(
+      'runs', f'{FLAGS.workload}-{FLAGS.scale}-{time.strftime("%Y%m%d-%H%M%S")}')
+  seed = FLAGS.seed if FLAGS.seed is not None else secrets.randbelow(2**31)
+  options = runner.RunOptions(
+      output_dir=output_dir, data_dir=FLAGS.data_dir, seed=seed,
+      division=FLAGS.division or ('closed' if FLAGS.scale == 'full' else 'open'),
+      submission_org=FLAGS.submission_org, submission_platform=FLAGS.submission_platform,
+      submission_status=FLAGS.submission_status, peak_flops=FLAGS.peak_flops, overwrite=FLAGS.overwrite)
+  logging.info('workload %s (%s), seed %d, config:\n%s', FLAGS.workload, FLAGS.scale, seed, FLAGS.config)
+  return runner.run(workload, options)
+
+
+def human_line(s: dict) -> str:
+  verdict = '>=' if s['status'] == 'success' else 'short of'
+  return (f"{s['workload']} ({s['scale']}, {s['division']}): {s['status']}"
+          f"{'' if s['status'] == 'success' else ' (' + s['reason'] + ')'}, time to train "
+          f"{s['time_to_train_s']:.1f} s; {s['target_metric']} {s['final_metric']:.4f} {verdict} target "
+          f"{s['target']}; {s['train_steps']} steps, {s['samples_per_s']:.0f} samples/s, MFU {s['mfu']:.3f}; "
+          f"files in {s['output_dir']}")
+
+
+def main(argv):
+  del argv
+  try:
+    summary = run_from_flags()
+  except UserError as e:
+    _fail(str(e))
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:
+    print(human_line(summary), flush=True)
+  return 0 if summary['status'] == 'success' else 1
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,48 @@
+"""The files a run leaves in --output_dir: result_0.txt (MLPerf log), metrics.jsonl and summary.json."""
+
+import json
+import os
+
+from suite.errors import UserError
+
+RESULT_LOG = 'result_0.txt'
+METRICS = 'metrics.jsonl'
+SUMMARY = 'summary.json'
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+  """Creates the folder; refuses to clobber a finished run's files unless asked to."""
+  existing = [name for name in (RESULT_LOG, SUMMARY) if os.path.exists(os.path.join(output_dir, name))]
+  if existing and not overwrite:
+    raise UserError(f'{output_dir} already holds a run ({", ".join(existing)}): choose a new --output_dir '
+                    'or pass --overwrite')
+  os.makedirs(output_dir, exist_ok=True)
+  for name in (RESULT_LOG, METRICS, SUMMARY):  # --overwrite: start this run's files afresh.
+    path = os.path.join(output_dir, name)
+    if os.path.exists(path):
+      os.remove(path)
+
+
+class MetricsWriter:
+  """Appends one JSON object per line; flushed each time so a killed run keeps what it wrote."""
+
+  def __init__(self, path: str | None):
+    self._file = open(path, 'a', encoding='utf-8') if path else None
+
+  def write(self, record: dict) -> None:
+    if self._file:
+      self._file.write(json.dumps(record) + '\n')
+      self._file.flush()
+
+  def close(self) -> None:
+    if self._file:
+      self._file.close()
+
+
+def write_summary(path: str, summary: dict) -> None:
+  """Writes atomically (temp file + rename): a crash mid-write never leaves a truncated summary."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)

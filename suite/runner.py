@@ -1,0 +1,212 @@
+"""Train one workload to its target under the MLPerf clock, and write the run's files.
+
+init_start -> open data, build and AOT-compile the steps, init the sharded state (no data read) -> init_stop
+-> run_start -> [block of epochs -> eval]* -> run_stop (success at target; aborted at max epochs or divergence).
+"""
+
+import dataclasses
+import math
+import os
+import statistics
+from typing import Callable, Iterator
+
+import jax
+from absl import logging
+
+from suite import mfu as mfu_lib
+from suite import outputs
+from suite import sharding
+from suite.clock import Clock
+from suite.mlperf_log import KEYS, MLPerfLog
+from suite.steps import CompiledSteps, compile_steps
+from suite.workload import TrainState, Workload
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  output_dir: str
+  data_dir: str | None = None
+  seed: int = 0
+  division: str = 'closed'
+  submission_org: str = 'jax-suite'
+  submission_platform: str = ''  # Default: '<n>x<device kind>'.
+  submission_status: str = 'onprem'
+  peak_flops: float | None = None  # Per device; default: the kind's data-sheet peak, or measured on CPU.
+  overwrite: bool = False
+
+
+class Divergence(Exception):
+  """The training loss stopped being finite."""
+
+
+class TrainMonitor:
+  """Receives each step's metrics (one step late), stops on divergence, and records interval timings."""
+
+  def __init__(self, clock: Clock, writer: outputs.MetricsWriter, log_every_steps: int, steps_per_epoch: int,
+               global_batch_size: int):
+    self._clock = clock
+    self._writer = writer
+    self._log_every = log_every_steps
+    self._steps_per_epoch = steps_per_epoch
+    self._global_batch_size = global_batch_size
+    self._interval_start = (0, 0.0)
+    self.step_times: list[float] = []
+    self.last_loss = float('nan')
+
+  def start_interval(self, step: int) -> None:
+    """Called when stepping resumes (run start, after an eval) so eval time never counts as step time."""
+    self._interval_start = (step, self._clock.now())
+
+  def __call__(self, step: int, metrics: dict) -> None:
+    loss = float(metrics['loss'])
+    if not math.isfinite(loss):
+      raise Divergence(f'training loss is {loss} at step {step}')
+    self.last_loss = loss
+    if step % self._log_every:
+      return
+    start_step, start_time = self._interval_start
+    now = self._clock.now()  # Metrics of `step` are on the host, so the device has finished it.
+    step_time = (now - start_time) / max(step - start_step, 1)
+    self.step_times.append(step_time)
+    self._interval_start = (step, now)
+    record = {'kind': 'train', 'step': step, 'epoch': step / self._steps_per_epoch,
+              **{k: float(v) for k, v in metrics.items()}, 'step_time_s': step_time,
+              'samples_per_s': self._global_batch_size / step_time}
+    self._writer.write(record)
+    logging.info('step %d (epoch %.2f): loss %.4f, lr %.4g, %.1f ms/step, %.0f samples/s', step,
+                 record['epoch'], loss, record['learning_rate'], step_time * 1e3, record['samples_per_s'])
+
+
+def train_steps(train_step, state: TrainState, batches: Iterator[dict], num_steps: int, first_step: int,
+                on_metrics: Callable[[int, dict], None]) -> TrainState:
+  """The hot loop: dispatch step i, then fetch step i-1's metrics while step i runs."""
+  pending = None
+  for i in range(first_step + 1, first_step + num_steps + 1):
+    state, metrics = train_step(state, next(batches))
+    if pending is not None:
+      on_metrics(i - 1, jax.device_get(pending))
+    pending = metrics
+  if pending is not None:
+    on_metrics(first_step + num_steps, jax.device_get(pending))
+  return state
+
+
+def evaluate(workload: Workload, compiled: CompiledSteps, state: TrainState) -> float:
+  """One pass over the eval split on all processes; every process gets the same metric."""
+  batches = sharding.prefetch_to_devices(workload.eval_batches(jax.process_index(), jax.process_count()),
+                                         compiled.eval_batch_sharding)
+  device_outputs = [compiled.eval(state, batch) for batch in batches]
+  return workload.eval_metric(jax.device_get(device_outputs))
+
+
+def _log_submission(log: MLPerfLog, workload: Workload, options: RunOptions, platform: str) -> None:
+  log.event(KEYS.SUBMISSION_ORG, options.submission_org)
+  log.event(KEYS.SUBMISSION_PLATFORM, platform)
+  log.event(KEYS.SUBMISSION_DIVISION, options.division)
+  log.event(KEYS.SUBMISSION_STATUS, options.submission_status)
+  log.event(KEYS.SUBMISSION_BENCHMARK, workload.benchmark)
+  log.event(KEYS.CACHE_CLEAR, True)
+
+
+def _log_hyperparameters(log: MLPerfLog, workload: Workload, seed: int) -> None:
+  steps_per_epoch = workload.num_train_examples / workload.global_batch_size
+  log.event(KEYS.SEED, seed)
+  log.event(KEYS.GLOBAL_BATCH_SIZE, workload.global_batch_size)
+  log.event(KEYS.GRADIENT_ACCUMULATION_STEPS, 1)
+  log.event(KEYS.TRAIN_SAMPLES, workload.num_train_examples)
+  log.event(KEYS.EVAL_SAMPLES, workload.num_eval_examples)
+  for key, value in workload.hyperparameters(steps_per_epoch).items():
+    log.event(key, value)
+
+
+def _peak_flops(options: RunOptions) -> float:
+  if options.peak_flops:
+    return options.peak_flops
+  return mfu_lib.peak_flops_per_device(jax.devices()[0]) or mfu_lib.measure_peak_flops()
+
+
+def run(workload: Workload, options: RunOptions) -> dict:
+  """Trains to the target (or gives up) and returns the summary it also writes to summary.json."""
+  is_main = jax.process_index() == 0
+  workload.open_data(options.data_dir)  # Before writing anything: a missing dataset must not cost a file.
+  if is_main:
+    outputs.prepare_output_dir(options.output_dir, options.overwrite)
+  path = lambda name: os.path.join(options.output_dir, name) if is_main else None  # noqa: E731
+  log = MLPerfLog(path(outputs.RESULT_LOG), enabled=is_main)
+  writer = outputs.MetricsWriter(path(outputs.METRICS))
+  clock = Clock(log)
+  devices = jax.devices()
+  platform = options.submission_platform or f'{len(devices)}x{devices[0].device_kind}'
+  peak_flops = _peak_flops(options)  # Measuring it on CPU runs a matmul: keep it out of init.
+
+  _log_submission(log, workload, options, platform)
+  clock.init_start()
+  mesh = sharding.make_mesh(devices)
+  steps_per_epoch = workload.num_train_examples // workload.global_batch_size
+  schedule = workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size)
+  compiled = compile_steps(workload, mesh, workload.optimizer(schedule), schedule, clock.now)
+  state = compiled.init(jax.random.PRNGKey(options.seed))
+  _log_hyperparameters(log, workload, options.seed)
+  clock.init_stop(state)
+
+  clock.run_start()
+  monitor = TrainMonitor(clock, writer, workload.config.log_every_steps, steps_per_epoch,
+                         workload.global_batch_size)
+  train_batches = sharding.prefetch_to_devices(
+      workload.train_batches(options.seed, jax.process_index(), jax.process_count()),
+      compiled.train_batch_sharding)
+  status, reason, epoch, step, metric = 'aborted', 'max_epochs', 0, 0, float('nan')
+  try:
+    while epoch < workload.max_epochs:
+      epoch_count = min(workload.eval_every_epochs, workload.max_epochs - epoch)
+      first_epoch = epoch + 1
+      clock.block_start(first_epoch, epoch_count)
+      monitor.start_interval(step)
+      state = train_steps(compiled.train, state, train_batches, epoch_count * steps_per_epoch, step, monitor)
+      step += epoch_count * steps_per_epoch
+      epoch += epoch_count
+      clock.block_stop(first_epoch, state)
+      clock.eval_start(epoch)
+      metric = evaluate(workload, compiled, state)
+      clock.eval_stop(epoch)
+      log.event(KEYS.EVAL_ACCURACY, metric, metadata={'epoch_num': epoch})
+      writer.write({'kind': 'eval', 'epoch': epoch, 'step': step, workload.metric_name: metric,
+                    'elapsed_s': clock.since('run_start')})
+      logging.info('eval at epoch %d: %s %.4f (target %.4f)', epoch, workload.metric_name, metric,
+                   workload.target)
+      if workload.reached_target(metric):
+        status, reason = 'success', 'target_reached'
+        break
+  except Divergence as e:
+    reason = f'divergence: {e}'
+    logging.error('stopping: %s', reason)
+  finally:
+    train_batches.close()
+  metadata = {} if status == 'success' else {'reason': reason}
+  clock.run_stop(status, state, **metadata)
+  log.close()
+  writer.close()
+  if clock.compiles_after_run_start:
+    logging.warning('%d XLA compilation(s) happened inside the timed region: the time to train includes them',
+                    clock.compiles_after_run_start)
+
+  train_s = clock.time_to_train_s - clock.eval_s
+  step_time = statistics.median(monitor.step_times) if monitor.step_times else train_s / max(step, 1)
+  flops = mfu_lib.compiled_flops(compiled.train)
+  summary = {
+      'workload': workload.benchmark, 'scale': workload.scale, 'division': options.division,
+      'status': status, 'reason': reason, 'seed': options.seed,
+      'target_metric': workload.metric_name, 'target': workload.target, 'final_metric': metric,
+      'time_to_train_s': clock.time_to_train_s, 'init_s': clock.init_s, 'compile_s': compiled.compile_s,
+      'eval_s': clock.eval_s, 'epochs': epoch, 'train_steps': step,
+      'train_samples': step * workload.global_batch_size,
+      'samples_per_s': step * workload.global_batch_size / train_s if train_s > 0 else 0.0,
+      'step_time_s': step_time, 'flops_per_step_per_device': flops, 'peak_flops_per_device': peak_flops,
+      'mfu': mfu_lib.mfu(flops, step_time, peak_flops), 'compiles_after_run_start': clock.compiles_after_run_start,
+      'global_batch_size': workload.global_batch_size, 'num_devices': len(devices),
+      'num_processes': jax.process_count(), 'device_kind': devices[0].device_kind, 'platform': platform,
+      'output_dir': os.path.abspath(options.output_dir),
+  }
+  if is_main:
+    outputs.write_summary(path(outputs.SUMMARY), summary)
+  return summary

@@ -1,0 +1,88 @@
+"""The pure train and eval steps, and the one helper that shards and compiles them ahead of time.
+
+The runner, the overhead benchmark and the tests all get their executables from `compile_steps`, so what is
+benchmarked is exactly what is timed in a run.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from suite import sharding
+from suite.workload import TrainState, Workload
+
+
+def make_init_fn(workload: Workload, tx: optax.GradientTransformation) -> Callable[[jax.Array], TrainState]:
+  def init(rng):
+    init_rng, state_rng = jax.random.split(rng)
+    params, model_state = workload.init_variables(init_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                      opt_state=tx.init(params), rng=state_rng)
+  return init
+
+
+def make_train_step(workload: Workload, tx: optax.GradientTransformation, schedule: optax.Schedule):
+  """One optimiser step on one global batch; returns the new state and scalar metrics."""
+  def train_step(state: TrainState, batch: dict):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      return workload.loss(params, state.model_state, batch, step_rng)
+
+    (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, 'loss': loss, 'learning_rate': schedule(state.step)}
+    return TrainState(state.step + 1, params, model_state, opt_state, state.rng), metrics
+  return train_step
+
+
+def make_eval_step(workload: Workload):
+  def eval_step(state: TrainState, batch: dict):
+    return workload.eval_outputs(state.params, state.model_state, batch)
+  return eval_step
+
+
+@dataclasses.dataclass
+class CompiledSteps:
+  """Executables compiled for fixed shapes and shardings; calling them can never trigger a compile."""
+  init: Any
+  train: Any
+  eval: Any
+  train_batch_sharding: jax.sharding.NamedSharding
+  eval_batch_sharding: jax.sharding.NamedSharding
+  compile_s: float = 0.0
+
+
+def compile_steps(workload: Workload, mesh: Mesh, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                  clock_now: Callable[[], float]) -> CompiledSteps:
+  """Lowers and compiles init, train and eval for the workload's global batch shapes on `mesh`.
+
+  State is replicated (pure data parallelism); the batch is split over the data axis. The train step donates
+  its state so XLA updates parameters in place.
+  """
+  start = clock_now()
+  replicated = sharding.replicated(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  init_fn = make_init_fn(workload, tx)
+  rng_shape = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
+  state_shapes = jax.eval_shape(init_fn, rng_shape)
+  state_shardings = jax.tree.map(lambda _: replicated, state_shapes)
+  state_specs = sharding.with_sharding(state_shapes, replicated)
+
+  init = jax.jit(init_fn, out_shardings=state_shardings).lower(rng_shape).compile()
+  train_batch = sharding.with_sharding(workload.batch_shapes(workload.global_batch_size, train=True),
+                                       batch_sharding)
+  train = jax.jit(make_train_step(workload, tx, schedule), in_shardings=(state_shardings, batch_sharding),
+                  out_shardings=(state_shardings, replicated), donate_argnums=0
+                  ).lower(state_specs, train_batch).compile()
+  eval_batch = sharding.with_sharding(workload.batch_shapes(workload.global_batch_size, train=False),
+                                      batch_sharding)
+  eval_ = jax.jit(make_eval_step(workload), in_shardings=(state_shardings, batch_sharding),
+                  out_shardings=replicated).lower(state_specs, eval_batch).compile()
+  return CompiledSteps(init=init, train=train, eval=eval_, train_batch_sharding=batch_sharding,
+                       eval_batch_sharding=batch_sharding, compile_s=clock_now() - start)

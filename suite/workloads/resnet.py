@@ -1,0 +1,202 @@
+"""MLPerf ResNet-50 v1.5 image classification (ruleset 4.0.0): LARS, label smoothing, top-1 >= 0.759.
+
+`full` is the closed benchmark on ImageNet; `tiny` is a small ResNet on a generated dataset that reaches its
+own target on one CPU in minutes and exercises the same code path.
+"""
+
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from input_pipelines import generated_images
+from input_pipelines import image_classification as pipeline
+from models import resnet
+from suite import workload as workload_lib
+
+SCALES = ('full', 'tiny')
+
+
+def get_config(scale: str) -> ml_collections.ConfigDict:
+  """The hyperparameters of one scale; any field can be overridden with --config.KEY=VALUE."""
+  c = ml_collections.ConfigDict()
+  # Data. `dataset` is any TFDS image/label dataset in --data_dir, 'generated' or 'synthetic'.
+  c.dataset = 'imagenet2012'
+  c.train_split = 'train'
+  c.eval_split = 'validation'
+  c.num_classes = 1000
+  c.image_size = 224
+  c.crop_min_scale = 0.08
+  c.data_threads = 16
+  c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0))
+  # Model.
+  c.model = ml_collections.ConfigDict(dict(depth=50, width=64, stage_sizes=(0,), small_stem=False,
+                                           dtype='bfloat16'))
+  # Optimisation: the RCP for batch 4096 in mlperf_logging's rcp_checker (training_4.0.0/rcps_resnet.json).
+  c.global_batch_size = 4096
+  c.label_smoothing = 0.1
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='lars', learning_rate=10.0, end_learning_rate=1e-4, warmup_epochs=5.0, decay_epochs=42.0,
+      poly_power=2.0, momentum=0.9, weight_decay=2e-4, epsilon=0.0, trust_coefficient=0.001))
+  # Benchmark.
+  c.target = 0.759
+  c.eval_every_epochs = 4
+  c.max_epochs = 47
+  c.log_every_steps = 100
+
+  if scale == 'tiny':
+    c.dataset = 'generated'
+    c.num_classes = 10
+    c.image_size = 32
+    c.crop_min_scale = 0.35
+    c.data_threads = 4
+    c.generated = ml_collections.ConfigDict(dict(num_train=4096, num_eval=512, image_size=32))
+    c.model = ml_collections.ConfigDict(dict(depth=18, width=16, stage_sizes=(1, 1, 1), small_stem=True,
+                                             dtype='float32'))
+    c.global_batch_size = 128
+    c.optimizer.update(learning_rate=4.0, warmup_epochs=1.0, decay_epochs=9.0)
+    c.target = 0.9
+    c.eval_every_epochs = 1
+    c.max_epochs = 10
+    c.log_every_steps = 8
+  elif scale != 'full':
+    raise ValueError(f'unknown scale {scale!r}')
+  return c
+
+
+def _decays(params) -> dict:
+  """LARS weight decay and trust ratio apply to kernels only, not to batch-norm scales or biases (MLPerf ref)."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+class Workload(workload_lib.Workload):
+  benchmark = 'resnet'
+  ruleset = '4.0.0'
+  metric_name = 'top1'
+
+  def __init__(self, config, scale):
+    super().__init__(config, scale)
+    self.model = resnet.resnet_from_config(config.model, config.num_classes)
+    self._train_source = self._eval_source = None
+
+  # --- data ---
+  def open_data(self, data_dir):
+    c = self.config
+    if c.dataset == 'synthetic':
+      return
+    name = c.dataset
+    if name == 'generated':
+      g = c.generated
+      name = generated_images.ensure_generated_images(
+          data_dir, num_classes=c.num_classes, image_size=g.image_size, num_train=g.num_train,
+          num_eval=g.num_eval)
+    self._train_source = pipeline.open_split(name, c.train_split, data_dir)
+    self._eval_source = pipeline.open_split(name, c.eval_split, data_dir)
+
+  @property
+  def num_train_examples(self):
+    return len(self._train_source) if self._train_source is not None else 256 * self.global_batch_size
+
+  @property
+  def num_eval_examples(self):
+    return len(self._eval_source) if self._eval_source is not None else self.global_batch_size
+
+  def train_batches(self, seed, process_index, process_count):
+    c = self.config
+    if self._train_source is None:
+      return pipeline.synthetic_batches(global_batch_size=c.global_batch_size, image_size=c.image_size,
+                                        num_classes=c.num_classes, seed=seed, process_count=process_count)
+    return pipeline.train_batches(
+        self._train_source, global_batch_size=c.global_batch_size, image_size=c.image_size, seed=seed,
+        process_index=process_index, process_count=process_count, crop_min_scale=c.crop_min_scale,
+        num_threads=c.data_threads)
+
+  def eval_batches(self, process_index, process_count):
+    c = self.config
+    if self._eval_source is None:
+      batch = next(pipeline.synthetic_batches(global_batch_size=c.global_batch_size, image_size=c.image_size,
+                                              num_classes=c.num_classes, seed=0, process_count=process_count))
+      return iter([{**batch, 'mask': np.ones_like(batch['label'], np.float32)}])
+    return pipeline.eval_batches(self._eval_source, global_batch_size=c.global_batch_size,
+                                 image_size=c.image_size, process_index=process_index,
+                                 process_count=process_count)
+
+  def batch_shapes(self, global_batch_size, train):
+    size = self.config.image_size
+    shapes = {'image': jax.ShapeDtypeStruct((global_batch_size, size, size, 3), jnp.float32),
+              'label': jax.ShapeDtypeStruct((global_batch_size,), jnp.int32)}
+    if not train:
+      shapes['mask'] = jax.ShapeDtypeStruct((global_batch_size,), jnp.float32)
+    return shapes
+
+  # --- model ---
+  def init_variables(self, rng):
+    size = self.config.image_size
+    variables = self.model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+    return variables['params'], {'batch_stats': variables['batch_stats']}
+
+  def loss(self, params, model_state, batch, rng):
+    del rng  # ResNet training is deterministic given the batch.
+    logits, new_model_state = self.model.apply({'params': params, **model_state}, batch['image'], train=True,
+                                               mutable=['batch_stats'])
+    one_hot = jax.nn.one_hot(batch['label'], self.config.num_classes)
+    targets = optax.smooth_labels(one_hot, self.config.label_smoothing)
+    loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    return loss, (new_model_state, {'train_accuracy': accuracy})
+
+  def eval_outputs(self, params, model_state, batch):
+    logits = self.model.apply({'params': params, **model_state}, batch['image'], train=False)
+    correct = (jnp.argmax(logits, -1) == batch['label']) * batch['mask']
+    return {'correct': jnp.sum(correct), 'count': jnp.sum(batch['mask'])}
+
+  def eval_metric(self, outputs):
+    correct = sum(float(o['correct']) for o in outputs)
+    count = sum(float(o['count']) for o in outputs)
+    return correct / count
+
+  # --- optimisation ---
+  def learning_rate_schedule(self, steps_per_epoch):
+    o = self.config.optimizer
+    return lars_schedule(o.learning_rate, o.end_learning_rate, o.poly_power,
+                         warmup_steps=round(o.warmup_epochs * steps_per_epoch),
+                         decay_steps=round(o.decay_epochs * steps_per_epoch))
+
+  def optimizer(self, schedule):
+    o = self.config.optimizer
+    if o.name == 'lars':
+      return optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=_decays,
+                        trust_coefficient=o.trust_coefficient, eps=o.epsilon, trust_ratio_mask=_decays,
+                        momentum=o.momentum)
+    if o.name == 'sgd':
+      return optax.chain(optax.add_decayed_weights(o.weight_decay, mask=_decays),
+                         optax.sgd(schedule, momentum=o.momentum, nesterov=True))
+    raise ValueError(f"config.optimizer.name must be 'lars' or 'sgd', not {o.name!r}")
+
+  def hyperparameters(self, steps_per_epoch):
+    o = self.config.optimizer
+    common = {'opt_name': o.name, 'model_bn_span': self.global_batch_size}
+    if o.name == 'sgd':
+      return {**common,
+              'sgd_opt_base_learning_rate': o.learning_rate, 'sgd_opt_end_learning_rate': o.end_learning_rate,
+              'sgd_opt_learning_rate_decay_poly_power': o.poly_power,
+              'sgd_opt_learning_rate_decay_steps': round(o.decay_epochs * steps_per_epoch),
+              'opt_learning_rate_warmup_epochs': o.warmup_epochs, 'sgd_opt_momentum': o.momentum,
+              'sgd_opt_weight_decay': o.weight_decay}
+    return {**common,
+            'lars_opt_base_learning_rate': o.learning_rate, 'lars_opt_end_learning_rate': o.end_learning_rate,
+            'lars_opt_learning_rate_decay_poly_power': o.poly_power,
+            'lars_opt_learning_rate_decay_steps': round(o.decay_epochs * steps_per_epoch),
+            'lars_epsilon': o.epsilon, 'lars_opt_learning_rate_warmup_epochs': o.warmup_epochs,
+            'lars_opt_momentum': o.momentum, 'lars_opt_weight_decay': o.weight_decay}
+
+
+def lars_schedule(base: float, end: float, power: float, *, warmup_steps: int, decay_steps: int):
+  """MLPerf ResNet LARS schedule: linear warmup 0 -> base, then polynomial decay base -> end over decay_steps."""
+  warmup = optax.linear_schedule(0.0, base, max(warmup_steps, 1))
+  decay = optax.polynomial_schedule(base, end, power, max(decay_steps, 1))
+  return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
