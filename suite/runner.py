@@ -99,7 +99,7 @@ def evaluate(workload: Workload, compiled: CompiledSteps, state: TrainState) -> 
   return workload.eval_metric(jax.device_get(device_outputs))
 
 
-def _log_submission(log: MLPerfLog, workload: Workload, options: RunOptions, platform: str) -> None:
+def log_submission(log: MLPerfLog, workload: Workload, options: RunOptions, platform: str) -> None:
   log.event(KEYS.SUBMISSION_ORG, options.submission_org)
   log.event(KEYS.SUBMISSION_PLATFORM, platform)
   log.event(KEYS.SUBMISSION_DIVISION, options.division)
@@ -108,7 +108,7 @@ def _log_submission(log: MLPerfLog, workload: Workload, options: RunOptions, pla
   log.event(KEYS.CACHE_CLEAR, True)
 
 
-def _log_hyperparameters(log: MLPerfLog, workload: Workload, seed: int) -> None:
+def log_hyperparameters(log: MLPerfLog, workload: Workload, seed: int) -> None:
   steps_per_epoch = workload.num_train_examples / workload.global_batch_size
   log.event(KEYS.SEED, seed)
   log.event(KEYS.GLOBAL_BATCH_SIZE, workload.global_batch_size)
@@ -139,14 +139,14 @@ def run(workload: Workload, options: RunOptions) -> dict:
   platform = options.submission_platform or f'{len(devices)}x{devices[0].device_kind}'
   peak_flops = _peak_flops(options)  # Measuring it on CPU runs a matmul: keep it out of init.
 
-  _log_submission(log, workload, options, platform)
+  log_submission(log, workload, options, platform)
   clock.init_start()
   mesh = sharding.make_mesh(devices)
   steps_per_epoch = workload.num_train_examples // workload.global_batch_size
   schedule = workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size)
   compiled = compile_steps(workload, mesh, workload.optimizer(schedule), schedule, clock.now)
   state = compiled.init(jax.random.PRNGKey(options.seed))
-  _log_hyperparameters(log, workload, options.seed)
+  log_hyperparameters(log, workload, options.seed)
   clock.init_stop(state)
 
   clock.run_start()

@@ -1,0 +1,87 @@
+"""The clock's ordering and compile detection, and the MFU arithmetic, against hand-computed values."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+
+
+from suite import mfu
+from suite.clock import Clock
+from suite.mlperf_log import MLPerfLog
+
+
+def _read_log(path):
+  with open(path) as f:
+    return [json.loads(line.split(':::MLLOG ', 1)[1]) for line in f]
+
+
+def test_clock_logs_boundaries_in_order_and_counts_no_compile_for_aot_calls(tmp_path):
+  path = str(tmp_path / 'log.txt')
+  clock = Clock(MLPerfLog(path))
+  x = jnp.ones((4, 4))
+  step = jax.jit(lambda a: a @ a).lower(x).compile()
+  clock.init_start()
+  clock.init_stop(x)
+  clock.run_start()
+  clock.block_start(1, 2)
+  y = step(x)
+  clock.block_stop(1, y)
+  clock.run_stop('success', y)
+  keys = [(r['key'], r['event_type']) for r in _read_log(path)]
+  assert keys == [('init_start', 'INTERVAL_START'), ('init_stop', 'INTERVAL_END'), ('run_start', 'INTERVAL_START'),
+                  ('block_start', 'INTERVAL_START'), ('block_stop', 'INTERVAL_END'), ('run_stop', 'INTERVAL_END')]
+  times = [r['time_ms'] for r in _read_log(path)]
+  assert times == sorted(times)
+  assert clock.compiles_after_run_start == 0
+  assert clock.time_to_train_s >= 0
+
+
+def test_clock_catches_a_compile_inside_the_timed_region(tmp_path):
+  clock = Clock(MLPerfLog(str(tmp_path / 'log.txt')))
+  clock.init_start()
+  clock.init_stop()
+  clock.run_start()
+  jax.block_until_ready(jnp.arange(7) * 3 + 1)  # An op-by-op jnp call compiles a fresh executable.
+  clock.run_stop('aborted')
+  assert clock.compiles_after_run_start >= 1
+
+
+def test_run_stop_carries_status(tmp_path):
+  path = str(tmp_path / 'log.txt')
+  clock = Clock(MLPerfLog(path))
+  clock.init_start(), clock.init_stop(), clock.run_start()
+  clock.run_stop('aborted', reason='divergence')
+  assert _read_log(path)[-1]['metadata']['status'] == 'aborted'
+  assert _read_log(path)[-1]['metadata']['reason'] == 'divergence'
+
+
+def test_disabled_log_writes_nothing(tmp_path):
+  log = MLPerfLog(str(tmp_path / 'log.txt'), enabled=False)
+  log.event('seed', 1)
+  assert not (tmp_path / 'log.txt').exists()
+
+
+def test_compiled_flops_of_a_matmul_is_2mkn():
+  a = jax.ShapeDtypeStruct((64, 32), jnp.float32)
+  b = jax.ShapeDtypeStruct((32, 16), jnp.float32)
+  compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+  assert mfu.compiled_flops(compiled) == 2 * 64 * 32 * 16
+
+
+def test_mfu_arithmetic():
+  # 1e12 FLOPs per step in 0.5 s on a 4e12 FLOP/s device: 2e12 FLOP/s achieved = 0.5 utilisation.
+  assert mfu.mfu(1e12, 0.5, 4e12) == 0.5
+  assert mfu.mfu(1e12, 0.0, 4e12) == 0.0
+
+
+def test_peak_table_matches_device_kinds():
+  class FakeDevice:
+    device_kind = 'TPU v5 lite'
+  assert mfu.peak_flops_per_device(FakeDevice()) == 197e12
+  FakeDevice.device_kind = 'NVIDIA H100 80GB HBM3'
+  assert mfu.peak_flops_per_device(FakeDevice()) == 989e12
+  FakeDevice.device_kind = 'cpu'
+  assert mfu.peak_flops_per_device(FakeDevice()) is None
+  assert mfu.measure_peak_flops(size=128, repeats=2) > 1e8
+

@@ -1,0 +1,70 @@
+"""The tiny ResNet trained to its target through `python -m suite.main`, judged by the official checker."""
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import check_log, run_suite
+
+SUMMARY_FIELDS = {'workload', 'scale', 'division', 'status', 'target_metric', 'target', 'final_metric',
+                  'time_to_train_s', 'init_s', 'compile_s', 'train_steps', 'train_samples', 'samples_per_s',
+                  'step_time_s', 'mfu'}
+
+
+def _mllog(path):
+  with open(path) as f:
+    lines = f.read().splitlines()
+  assert all(line.startswith(':::MLLOG ') for line in lines)  # Only MLLOG lines in the result file.
+  return [json.loads(line[len(':::MLLOG '):]) for line in lines]
+
+
+@pytest.mark.slow
+def test_tiny_resnet_reaches_target_with_a_compliant_log(tmp_path, data_dir):
+  out = tmp_path / 'run'
+  result = run_suite('--workload=resnet', '--scale=tiny', '--seed=7', f'--data_dir={data_dir}',
+                     f'--output_dir={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((out / 'summary.json').read_text())
+  assert SUMMARY_FIELDS <= set(summary)
+  assert summary['status'] == 'success'
+  assert summary['final_metric'] >= summary['target'] == 0.9
+  assert summary['compiles_after_run_start'] == 0  # No compile inside the timed region.
+  assert 0 < summary['mfu'] < 1
+  assert summary['train_samples'] == summary['train_steps'] * 128
+
+  checker = check_log(str(out / 'result_0.txt'))
+  assert 'SUCCESS' in checker.stdout + checker.stderr, checker.stdout + checker.stderr
+
+  events = _mllog(out / 'result_0.txt')
+  keys = [e['key'] for e in events]
+  for key in ('seed', 'global_batch_size', 'gradient_accumulation_steps', 'train_samples', 'eval_samples',
+              'opt_name', 'lars_opt_base_learning_rate'):
+    assert keys.count(key) == 1, key
+  assert keys.index('init_stop') < keys.index('run_start') < keys.index('block_start')
+  by_key = {e['key']: e for e in events}
+  assert by_key['seed']['value'] == 7
+  assert by_key['run_stop']['metadata']['status'] == 'success'
+  run_s = (by_key['run_stop']['time_ms'] - by_key['run_start']['time_ms']) / 1e3
+  assert abs(run_s - summary['time_to_train_s']) < 0.01  # summary.json and the log tell the same time.
+
+  metrics = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+  evals = [m for m in metrics if m['kind'] == 'eval']
+  assert evals and evals[-1]['top1'] == summary['final_metric']
+  assert any(m['kind'] == 'train' for m in metrics)
+  assert 'success' in result.stdout and str(out) in result.stdout  # The human line.
+
+
+@pytest.mark.slow
+def test_diverging_run_is_aborted_with_the_reason(tmp_path, data_dir):
+  out = tmp_path / 'run'
+  result = run_suite('--workload=resnet', '--scale=tiny', '--seed=1', f'--data_dir={data_dir}',
+                     f'--output_dir={out}', '--config.optimizer.name=sgd', '--config.optimizer.learning_rate=1e12',
+                     '--config.optimizer.warmup_epochs=0')
+  assert result.returncode == 1, result.stderr[-3000:]
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['status'] == 'aborted'
+  assert 'divergence' in summary['reason']
+  run_stop = [e for e in _mllog(out / 'result_0.txt') if e['key'] == 'run_stop'][0]
+  assert run_stop['metadata']['status'] == 'aborted' and 'divergence' in run_stop['metadata']['reason']
+  assert os.path.exists(out / 'metrics.jsonl')
