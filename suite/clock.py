@@ -56,36 +56,36 @@ class Clock:
     return t
 
   def init_start(self):
-    self._log.start(KEYS.INIT_START, time_ms=self._mark('init_start', ()) * 1e3)
+    self._log.start(KEYS.INIT_START, time_ms=round(self._mark('init_start', ()) * 1e3))
 
   def init_stop(self, *wait_for):
-    self._log.end(KEYS.INIT_STOP, time_ms=self._mark('init_stop', wait_for) * 1e3)
+    self._log.end(KEYS.INIT_STOP, time_ms=round(self._mark('init_stop', wait_for) * 1e3))
 
   def run_start(self):
     self._compiles_at_run_start = compile_count()
-    self._log.start(KEYS.RUN_START, time_ms=self._mark('run_start', ()) * 1e3)
+    self._log.start(KEYS.RUN_START, time_ms=round(self._mark('run_start', ()) * 1e3))
 
   def run_stop(self, status: str, *wait_for, **metadata):
     t = self._mark('run_stop', wait_for)
     self.compiles_after_run_start = compile_count() - self._compiles_at_run_start
-    self._log.end(KEYS.RUN_STOP, metadata={'status': status, **metadata}, time_ms=t * 1e3)
+    self._log.end(KEYS.RUN_STOP, metadata={'status': status, **metadata}, time_ms=round(t * 1e3))
 
   def block_start(self, first_epoch_num: int, epoch_count: int):
     self._log.start(KEYS.BLOCK_START, metadata={'first_epoch_num': first_epoch_num, 'epoch_count': epoch_count},
-                    time_ms=self.now() * 1e3)
+                    time_ms=round(self.now() * 1e3))
 
   def block_stop(self, first_epoch_num: int, *wait_for):
     self._log.end(KEYS.BLOCK_STOP, metadata={'first_epoch_num': first_epoch_num},
-                  time_ms=self.now(*wait_for) * 1e3)
+                  time_ms=round(self.now(*wait_for) * 1e3))
 
   def eval_start(self, epoch_num: int, *wait_for):
     self._eval_started = self.now(*wait_for)
-    self._log.start(KEYS.EVAL_START, metadata={'epoch_num': epoch_num}, time_ms=self._eval_started * 1e3)
+    self._log.start(KEYS.EVAL_START, metadata={'epoch_num': epoch_num}, time_ms=round(self._eval_started * 1e3))
 
   def eval_stop(self, epoch_num: int, *wait_for):
     t = self.now(*wait_for)
     self.eval_s += t - self._eval_started
-    self._log.end(KEYS.EVAL_STOP, metadata={'epoch_num': epoch_num}, time_ms=t * 1e3)
+    self._log.end(KEYS.EVAL_STOP, metadata={'epoch_num': epoch_num}, time_ms=round(t * 1e3))
 
   def since(self, mark: str) -> float:
     return self.now() - self._marks[mark]

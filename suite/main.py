@@ -104,9 +104,10 @@ def run_from_flags() -> dict:
 
 def human_line(s: dict) -> str:
   verdict = '>=' if s['status'] == 'success' else 'short of'
+  metric = 'not evaluated' if s['final_metric'] is None else f"{s['final_metric']:.4f}"
   return (f"{s['workload']} ({s['scale']}, {s['division']}): {s['status']}"
           f"{'' if s['status'] == 'success' else ' (' + s['reason'] + ')'}, time to train "
-          f"{s['time_to_train_s']:.1f} s; {s['target_metric']} {s['final_metric']:.4f} {verdict} target "
+          f"{s['time_to_train_s']:.1f} s; {s['target_metric']} {metric} {verdict} target "
           f"{s['target']}; {s['train_steps']} steps, {s['samples_per_s']:.0f} samples/s, MFU {s['mfu']:.3f}; "
           f"files in {s['output_dir']}")
 

@@ -36,7 +36,8 @@ class RunOptions:
 
 
 class Divergence(Exception):
-  """The training loss stopped being finite."""
+  """The training loss stopped being finite. `state` is the newest state (the older ones were donated)."""
+  state = None
 
 
 class TrainMonitor:
@@ -51,7 +52,7 @@ class TrainMonitor:
     self._global_batch_size = global_batch_size
     self._interval_start = (0, 0.0)
     self.step_times: list[float] = []
-    self.last_loss = float('nan')
+    self.last_step = 0
 
   def start_interval(self, step: int) -> None:
     """Called when stepping resumes (run start, after an eval) so eval time never counts as step time."""
@@ -61,7 +62,7 @@ class TrainMonitor:
     loss = float(metrics['loss'])
     if not math.isfinite(loss):
       raise Divergence(f'training loss is {loss} at step {step}')
-    self.last_loss = loss
+    self.last_step = step
     if step % self._log_every:
       return
     start_step, start_time = self._interval_start
@@ -81,13 +82,17 @@ def train_steps(train_step, state: TrainState, batches: Iterator[dict], num_step
                 on_metrics: Callable[[int, dict], None]) -> TrainState:
   """The hot loop: dispatch step i, then fetch step i-1's metrics while step i runs."""
   pending = None
-  for i in range(first_step + 1, first_step + num_steps + 1):
-    state, metrics = train_step(state, next(batches))
+  try:
+    for i in range(first_step + 1, first_step + num_steps + 1):
+      state, metrics = train_step(state, next(batches))
+      if pending is not None:
+        on_metrics(i - 1, jax.device_get(pending))
+      pending = metrics
     if pending is not None:
-      on_metrics(i - 1, jax.device_get(pending))
-    pending = metrics
-  if pending is not None:
-    on_metrics(first_step + num_steps, jax.device_get(pending))
+      on_metrics(first_step + num_steps, jax.device_get(pending))
+  except Divergence as e:
+    e.state = state
+    raise
   return state
 
 
@@ -155,7 +160,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
   train_batches = sharding.prefetch_to_devices(
       workload.train_batches(options.seed, jax.process_index(), jax.process_count()),
       compiled.train_batch_sharding)
-  status, reason, epoch, step, metric = 'aborted', 'max_epochs', 0, 0, float('nan')
+  status, reason, epoch, step, metric = 'aborted', 'max_epochs', 0, 0, None
   try:
     while epoch < workload.max_epochs:
       epoch_count = min(workload.eval_every_epochs, workload.max_epochs - epoch)
@@ -178,7 +183,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
         status, reason = 'success', 'target_reached'
         break
   except Divergence as e:
-    reason = f'divergence: {e}'
+    state, step, reason = e.state, monitor.last_step, f'divergence: {e}'
     logging.error('stopping: %s', reason)
   finally:
     train_batches.close()

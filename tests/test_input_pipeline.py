@@ -1,0 +1,235 @@
+"""The generated TFDS dataset and the image-classification pipeline: format, determinism, sharding, epochs, eval."""
+
+import collections
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from input_pipelines import generated_images
+from input_pipelines import image_classification as pipeline
+from suite.errors import UserError
+
+SIZES = dict(num_classes=10, image_size=24, num_train=256, num_eval=100)
+
+
+@pytest.fixture(scope='module')
+def generated(tmp_path_factory):
+  """(data_dir, dataset name) of one small generated dataset, written once for this module."""
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  return data_dir, generated_images.ensure_generated_images(data_dir, **SIZES)
+
+
+@pytest.fixture(scope='module')
+def train_source(generated):
+  return pipeline.open_split(generated[1], 'train', generated[0])
+
+
+class IndexAsLabel:
+  """A source whose label is the example's index, so batches show exactly which examples they hold."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    return {'image': self._source[index]['image'], 'label': index}
+
+
+def png(pixels_HxWx3: np.ndarray, image_format: str = 'PNG') -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(pixels_HxWx3).save(buffer, format=image_format)
+  return buffer.getvalue()
+
+
+def first_batches(source, n: int, **kwargs) -> list[dict]:
+  iterator = pipeline.train_batches(source, num_threads=2, **kwargs)
+  return [next(iterator) for _ in range(n)]
+
+
+# --- The generated dataset ---
+
+
+def test_generated_dataset_is_array_record_tfds_with_imagenet_features(generated):
+  data_dir, name = generated
+  assert name == 'generated_images/c10_s24_n256_e100'
+  version_dir = os.path.join(data_dir, name, str(generated_images.GeneratedImages.VERSION))
+  files = os.listdir(version_dir)
+  assert 'dataset_info.json' in files
+  assert any('train.array_record' in f for f in files) and any('validation.array_record' in f for f in files)
+  assert not [f for f in os.listdir(os.path.dirname(version_dir)) if 'incomplete' in f]
+
+  train = tfds.data_source(name, split='train', data_dir=data_dir)
+  validation = tfds.data_source(name, split='validation', data_dir=data_dir)
+  assert (len(train), len(validation)) == (256, 100)
+  example = train[0]
+  assert set(example) == {'image', 'label', 'file_name'}
+  assert example['image'].shape == (24, 24, 3) and example['image'].dtype == np.uint8
+  assert example['file_name'].decode().endswith('.png')
+  # Patterns are balanced (example i shows class i % 10); LABEL_NOISE (5%) of the labels point elsewhere.
+  patterns = [int(train[i]['file_name'].decode()[len('train_'):-len('.png')]) % 10 for i in range(len(train))]
+  relabelled = sum(int(train[i]['label']) != patterns[i] for i in range(len(train)))
+  assert 3 <= relabelled <= 30, relabelled  # Binomial(256, 0.05): mean 12.8, sd 3.5.
+  info = tfds.builder(name, data_dir=data_dir).info
+  assert info.supervised_keys == ('image', 'label')
+  assert info.features['label'].num_classes == 10
+
+
+def test_ensure_reuses_the_prepared_dataset(generated):
+  data_dir, name = generated
+  version_dir = os.path.join(data_dir, name, str(generated_images.GeneratedImages.VERSION))
+  mtimes = {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns for f in os.listdir(version_dir)}
+  assert generated_images.ensure_generated_images(data_dir, **SIZES) == name
+  assert {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns for f in os.listdir(version_dir)} == mtimes
+
+
+def test_generation_is_deterministic_and_sizes_do_not_collide(generated, tmp_path):
+  data_dir, name = generated
+  other_name = generated_images.ensure_generated_images(str(tmp_path), **{**SIZES, 'num_eval': 20})
+  assert other_name != name
+  ours = tfds.data_source(name, split='train', data_dir=data_dir)
+  theirs = tfds.data_source(other_name, split='train', data_dir=str(tmp_path))
+  for i in (0, 7, 255):
+    np.testing.assert_array_equal(ours[i]['image'], theirs[i]['image'])
+    assert ours[i]['file_name'] == theirs[i]['file_name']
+
+
+def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
+  real_stripes_image = generated_images.stripes_image
+  calls = []
+
+  def failing_stripes_image(*args, **kwargs):
+    calls.append(1)
+    if len(calls) > 50:
+      raise KeyboardInterrupt('interrupted')
+    return real_stripes_image(*args, **kwargs)
+
+  monkeypatch.setattr(generated_images, 'stripes_image', failing_stripes_image)
+  with pytest.raises(KeyboardInterrupt):
+    generated_images.ensure_generated_images(str(tmp_path), **SIZES)
+  with pytest.raises(UserError):
+    pipeline.open_split('generated_images/c10_s24_n256_e100', 'train', str(tmp_path))
+  monkeypatch.setattr(generated_images, 'stripes_image', real_stripes_image)
+  name = generated_images.ensure_generated_images(str(tmp_path), **SIZES)
+  assert len(pipeline.open_split(name, 'train', str(tmp_path))) == 256
+
+
+# --- Opening splits ---
+
+
+def test_missing_dataset_or_split_is_a_user_error_with_the_fix(tmp_path, generated):
+  with pytest.raises(UserError, match='tfds build imagenet2012') as error:
+    pipeline.open_split('imagenet2012', 'train', str(tmp_path))
+  assert str(tmp_path) in str(error.value) and '\n' not in str(error.value)
+  assert os.listdir(tmp_path) == []  # Nothing was prepared or downloaded.
+  with pytest.raises(UserError, match='tfds build'):
+    pipeline.open_split('no_such_dataset_xyz', 'train', str(tmp_path))
+  with pytest.raises(UserError, match="split 'test'"):
+    pipeline.open_split(generated[1], 'test', generated[0])
+
+
+# --- Preprocessing ---
+
+
+def test_constant_colour_image_normalises_to_hand_computed_values():
+  colour = np.array([10, 128, 250], np.uint8)
+  expected = (colour - np.array([123.675, 116.28, 103.53])) / np.array([58.395, 57.12, 57.375])
+  encoded = png(np.broadcast_to(colour, (30, 40, 3)).copy())
+  rng = np.random.default_rng(0)
+  for image in (pipeline.eval_image(encoded, image_size=16),
+                pipeline.train_image(encoded, rng, image_size=16, crop_min_scale=0.08)):
+    assert image.shape == (16, 16, 3) and image.dtype == np.float32
+    np.testing.assert_allclose(image, np.broadcast_to(expected, image.shape), rtol=1e-5)
+
+
+def test_large_jpeg_is_decoded_reduced_and_cropped_to_size():
+  colour = np.array([200, 60, 30], np.uint8)
+  encoded = png(np.broadcast_to(colour, (480, 640, 3)).copy(), image_format='JPEG')
+  expected = (colour - pipeline.IMAGENET_MEAN) / pipeline.IMAGENET_STD
+  image = pipeline.eval_image(encoded, image_size=32)
+  assert image.shape == (32, 32, 3)
+  np.testing.assert_allclose(image, np.broadcast_to(expected, image.shape), atol=0.05)  # JPEG is lossy.
+
+
+def test_eval_crop_is_the_centre_0875_of_the_shorter_side():
+  assert pipeline.eval_crop_box(400, 200, 64) == (112.5, 12.5, 287.5, 187.5)
+  assert pipeline.eval_crop_box(24, 24, 24) == (0, 0, 24, 24)  # Small images: whole, no crop.
+
+
+# --- Training batches ---
+
+
+def test_train_batches_have_fixed_local_shapes(train_source):
+  batch = first_batches(train_source, 1, global_batch_size=64, image_size=24, seed=0, process_count=2)[0]
+  assert batch['image'].shape == (32, 24, 24, 3) and batch['image'].dtype == np.float32
+  assert batch['label'].shape == (32,) and batch['label'].dtype == np.int32
+  with pytest.raises(UserError, match='divisible'):
+    pipeline.train_batches(train_source, global_batch_size=63, image_size=24, seed=0, process_count=2)
+
+
+def test_same_seed_same_batches_other_seed_differs(train_source):
+  kwargs = dict(global_batch_size=32, image_size=24)
+  a, b = (first_batches(train_source, 2, seed=1, **kwargs) for _ in range(2))
+  c = first_batches(train_source, 2, seed=2, **kwargs)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x['image'], y['image'])
+    np.testing.assert_array_equal(x['label'], y['label'])
+  assert not np.array_equal(a[0]['image'], c[0]['image'])
+
+
+def test_two_processes_together_give_the_single_process_global_batch(train_source):
+  kwargs = dict(global_batch_size=32, image_size=24, seed=3)
+  single = first_batches(train_source, 3, **kwargs)
+  halves = [first_batches(train_source, 3, process_index=p, process_count=2, **kwargs) for p in range(2)]
+  for k, whole in enumerate(single):
+    labels = np.concatenate([halves[p][k]['label'] for p in range(2)])
+    sums = np.concatenate([halves[p][k]['image'].sum(axis=(1, 2, 3)) for p in range(2)])
+    assert collections.Counter(labels.tolist()) == collections.Counter(whole['label'].tolist())
+    np.testing.assert_allclose(np.sort(sums), np.sort(whole['image'].sum(axis=(1, 2, 3))), rtol=1e-6)
+
+
+def test_each_epoch_is_a_fresh_permutation_of_whole_batches(train_source):
+  source = IndexAsLabel(train_source)
+  # 256 examples, global batch 96: 2 whole batches (192 examples) per epoch, the rest dropped.
+  batches = first_batches(source, 4, global_batch_size=96, image_size=24, seed=0)
+  epochs = [np.concatenate([b['label'] for b in batches[:2]]), np.concatenate([b['label'] for b in batches[2:]])]
+  for epoch in epochs:
+    assert len(set(epoch.tolist())) == 192  # No example twice within an epoch.
+  assert not np.array_equal(epochs[0], epochs[1])
+  # Global batch 64 divides 256: every example exactly once per epoch.
+  batches = first_batches(source, 8, global_batch_size=64, image_size=24, seed=0)
+  for epoch in (batches[:4], batches[4:]):
+    assert sorted(np.concatenate([b['label'] for b in epoch]).tolist()) == list(range(256))
+
+
+# --- Eval batches ---
+
+
+def test_eval_covers_each_example_once_across_processes(generated):
+  source = IndexAsLabel(pipeline.open_split(generated[1], 'validation', generated[0]))
+  assert pipeline.num_eval_batches(len(source), 32) == 4
+  seen, mask_total = [], 0.0
+  for process_index in range(2):
+    batches = list(pipeline.eval_batches(source, global_batch_size=32, image_size=24, process_index=process_index,
+                                         process_count=2))
+    assert len(batches) == 4
+    for batch in batches:
+      assert batch['image'].shape == (16, 24, 24, 3) and batch['mask'].shape == (16,)
+      assert batch['mask'].dtype == np.float32 and batch['label'].dtype == np.int32
+      seen += batch['label'][batch['mask'] == 1].tolist()
+      mask_total += float(batch['mask'].sum())
+  assert mask_total == len(source) == 100
+  assert sorted(seen) == list(range(100))
+
+
+def test_synthetic_batches_repeat_one_local_batch():
+  iterator = pipeline.synthetic_batches(global_batch_size=8, image_size=16, num_classes=10, seed=0, process_count=2)
+  first, second = next(iterator), next(iterator)
+  assert first['image'].shape == (4, 16, 16, 3) and first['image'].dtype == np.float32
+  assert first['label'].dtype == np.int32 and first['label'].max() < 10
+  np.testing.assert_array_equal(first['image'], second['image'])
