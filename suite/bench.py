@@ -50,8 +50,7 @@ def _raw_loop(step, batch_sharding, state, host_batches, num_steps):
 
 def overhead(workload_name: str, scale: str, data_dir: str | None, num_steps: int, repeats: int,
              num_host_batches: int) -> dict:
-  workload = registry.get_workload(workload_name).Workload(registry.get_workload(workload_name).get_config(scale),
-                                                          scale)
+  workload = registry.make_workload(workload_name, registry.get_config(workload_name, scale), scale)
   workload.open_data(data_dir)
   mesh = sharding.make_mesh()
   schedule = workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size)

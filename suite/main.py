@@ -19,6 +19,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workload', 'resnet', f'Benchmark to run: one of {", ".join(sorted(registry.WORKLOADS))}.')
 flags.DEFINE_enum('scale', 'full', ['full', 'tiny'],
                   'full: the real MLPerf benchmark; tiny: a small model on generated data that trains on a CPU.')
+flags.DEFINE_string('variant', '', "A workload's named config variant (e.g. --workload=ssd --variant=ssd300).")
 flags.DEFINE_enum('platform', None, ['cpu', 'gpu', 'tpu'], 'JAX backend to run on (default: the best available).')
 flags.DEFINE_string('data_dir', None, 'TFDS data folder (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
 flags.DEFINE_string('output_dir', None, 'Where result_0.txt, summary.json and metrics.jsonl go '
@@ -56,8 +57,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """Pass 1 reads --workload/--scale; pass 2 parses everything against that workload's locked config."""
   try:
     FLAGS(argv, known_only=True)
-    workload = registry.get_workload(FLAGS.workload)
-    config = workload.get_config(FLAGS.scale)
+    config = registry.get_config(FLAGS.workload, FLAGS.scale, FLAGS.variant)
     _check_config_overrides(argv, config, f'{FLAGS.workload} (scale {FLAGS.scale})')
     config_flags.DEFINE_config_dict('config', config, 'Workload config; override fields with --config.KEY=VALUE.',
                                     lock_config=True)
@@ -88,8 +88,7 @@ def select_platform(platform: str | None):
 def run_from_flags() -> dict:
   from suite import runner  # pylint: disable=import-outside-toplevel
   select_platform(FLAGS.platform)
-  workload_module = registry.get_workload(FLAGS.workload)
-  workload = workload_module.Workload(FLAGS.config, FLAGS.scale)
+  workload = registry.make_workload(FLAGS.workload, FLAGS.config, FLAGS.scale)
   output_dir = FLAGS.output_dir or os.path.join(
       'runs', f'{FLAGS.workload}-{FLAGS.scale}-{time.strftime("%Y%m%d-%H%M%S")}')
   seed = FLAGS.seed if FLAGS.seed is not None else secrets.randbelow(2**31)

@@ -1,6 +1,6 @@
 """What a benchmark is (target, ruleset, cadence, hyperparameters) and the hooks the runner calls to train it.
 
-A workload module defines `get_config(scale) -> ConfigDict` and a `Workload` subclass; the runner knows nothing
+A workload module defines `get_config(scale, variant) -> ConfigDict` and a `Workload` subclass; the runner knows nothing
 else about it. Everything here is pure JAX or host-side data; sharding and the clock live in the runner.
 """
 

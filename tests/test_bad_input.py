@@ -59,3 +59,8 @@ def test_finished_run_is_not_overwritten(tmp_path):
 @pytest.mark.parametrize('args', [['--scale=huge'], ['--division=half']])
 def test_bad_enum_flags(args):
   _error_line(run_suite('--workload=resnet', *args))
+
+
+def test_unknown_variant():
+  line = _error_line(run_suite('--workload=resnet', '--variant=ssd300'))
+  assert "unknown variant 'ssd300' for workload resnet" in line

@@ -16,11 +16,12 @@ from input_pipelines import image_classification as pipeline
 from models import resnet
 from suite import workload as workload_lib
 
-SCALES = ('full', 'tiny')
+VARIANTS = ()  # ResNet-50 v1.5 only; the depth and width are config fields.
 
 
-def get_config(scale: str) -> ml_collections.ConfigDict:
+def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
   """The hyperparameters of one scale; any field can be overridden with --config.KEY=VALUE."""
+  del variant
   c = ml_collections.ConfigDict()
   # Data. `dataset` is any TFDS image/label dataset in --data_dir, 'generated' or 'synthetic'.
   c.dataset = 'imagenet2012'
