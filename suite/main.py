@@ -32,6 +32,11 @@ flags.DEFINE_enum('submission_status', 'onprem', ['cloud', 'onprem', 'preview', 
                   'submission_status in the MLPerf log.')
 flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for MFU (default: data sheet, or measured on CPU).')
 flags.DEFINE_bool('overwrite', False, 'Replace the files of a finished run in --output_dir.')
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run off TPU pods/SLURM.')
+flags.DEFINE_integer('num_processes', None, 'Processes in the job (with --coordinator_address).')
+flags.DEFINE_integer('process_id', None, "This process's index in [0, num_processes).")
+flags.DEFINE_integer('distributed_timeout_s', 300, 'A peer that never arrives or stops answering ends the job '
+                     'after this many seconds.')
 
 _JAX_PLATFORMS = {'cpu': 'cpu', 'gpu': 'cuda,rocm', 'tpu': 'tpu'}
 
@@ -74,10 +79,15 @@ def _fail(message: str) -> None:
 
 
 def select_platform(platform: str | None):
-  """Points JAX at the requested backend, failing in one line if this machine lacks it."""
+  """Points JAX at the requested backend and joins the distributed job, failing in one line if this machine
+  lacks the backend or the job cannot form."""
   import jax  # pylint: disable=import-outside-toplevel
+  from suite import distributed  # pylint: disable=import-outside-toplevel
   if platform:
     jax.config.update('jax_platforms', _JAX_PLATFORMS[platform])
+  # Before anything asks for devices: the backend must be created knowing about the other processes.
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         FLAGS.distributed_timeout_s)
   try:
     return jax.devices()
   except RuntimeError as e:

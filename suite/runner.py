@@ -127,7 +127,9 @@ def log_hyperparameters(log: MLPerfLog, workload: Workload, seed: int) -> None:
 def _peak_flops(options: RunOptions) -> float:
   if options.peak_flops:
     return options.peak_flops
-  return mfu_lib.peak_flops_per_device(jax.devices()[0]) or mfu_lib.measure_peak_flops()
+  # A measured CPU peak is the whole host's; its (possibly fake) devices share it.
+  return (mfu_lib.peak_flops_per_device(jax.devices()[0])
+          or mfu_lib.measure_peak_flops() / jax.local_device_count())
 
 
 def run(workload: Workload, options: RunOptions) -> dict:
