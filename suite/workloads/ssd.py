@@ -177,7 +177,8 @@ class Workload(workload_lib.Workload):
     (logits_BxAxC, deltas_BxAx4), new_model_state = self.model.apply(
         {'params': params, **model_state}, batch['image'], train=True, mutable=['batch_stats'])
     per_image = ssd300_loss if self.is_ssd300 else retinanet_loss
-    cls_loss, box_loss = jax.vmap(lambda *a: per_image(self.anchors, self.config, *a))(
+    anchors_Ax4 = jnp.asarray(self.anchors)
+    cls_loss, box_loss = jax.vmap(lambda *a: per_image(anchors_Ax4, self.config, *a))(
         logits_BxAxC, deltas_BxAx4, batch['boxes'], batch['classes'], batch['box_mask'])
     cls_loss, box_loss = jnp.mean(cls_loss), jnp.mean(box_loss)
     return cls_loss + box_loss, (new_model_state, {'class_loss': cls_loss, 'box_loss': box_loss})
@@ -186,7 +187,7 @@ class Workload(workload_lib.Workload):
     logits_BxAxC, deltas_BxAx4 = self.model.apply({'params': params, **model_state}, batch['image'], train=False)
     p = self.config.postprocess
     detect = lambda logits, deltas: box_ops.postprocess_detections(  # noqa: E731
-        logits, deltas, self.anchors, score_threshold=p.score_threshold, pre_nms_top_k=p.pre_nms_top_k,
+        logits, deltas, jnp.asarray(self.anchors), score_threshold=p.score_threshold, pre_nms_top_k=p.pre_nms_top_k,
         iou_threshold=p.iou_threshold, max_detections=p.max_detections, weights=tuple(self.config.box_weights),
         activation='softmax' if self.is_ssd300 else 'sigmoid')
     detections = jax.vmap(detect)(logits_BxAxC, deltas_BxAx4)
