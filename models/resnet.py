@@ -6,6 +6,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models import layers
+
 
 class BottleneckBlock(nn.Module):
   """1x1 -> 3x3 (strided, the "v1.5" change) -> 1x1, with a projection shortcut when the shape changes."""
@@ -64,7 +66,8 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, images_NHWC, train: bool):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME',
-                             kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
+                             kernel_init=layers.named(nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+                                                         layers.CONV_KERNEL))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype)
     x = images_NHWC.astype(self.dtype)
@@ -80,7 +83,8 @@ class ResNet(nn.Module):
         x = block(self.width * 2**stage, strides, conv, norm)(x)
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype,
-                      kernel_init=nn.initializers.normal(0.01), name='head')(x)
+                      kernel_init=layers.named(nn.initializers.normal(0.01), layers.CLASSIFIER_KERNEL),
+                      name='head')(x)
     return logits.astype(jnp.float32)
 
 

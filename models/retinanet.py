@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models import layers
+
 
 def torch_conv(features: int, kernel_size: Sequence[int], strides: int | Sequence[int] = 1, **kwargs) -> nn.Conv:
   """nn.Conv with PyTorch's symmetric `k // 2` padding instead of 'SAME'.
@@ -17,7 +19,9 @@ def torch_conv(features: int, kernel_size: Sequence[int], strides: int | Sequenc
   alignment (and the reference's output sizes for odd inputs).
   """
   kernel_size = tuple(kernel_size)
-  return nn.Conv(features, kernel_size, strides, padding=[(k // 2, k // 2) for k in kernel_size], **kwargs)
+  kernel_init = layers.named(kwargs.pop('kernel_init', nn.initializers.lecun_normal()), layers.CONV_KERNEL)
+  return nn.Conv(features, kernel_size, strides, padding=[(k // 2, k // 2) for k in kernel_size],
+                 kernel_init=kernel_init, **kwargs)
 
 
 def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:

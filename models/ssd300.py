@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models import layers
 from models.resnet import BasicBlock
 from models.retinanet import torch_conv
 
@@ -78,7 +79,8 @@ class SSD300(nn.Module):
         x = nn.relu(conv(int(out * scale), (3, 3), 2, name=f'extra_{i}_conv')(x))
       else:
         x = nn.relu(nn.Conv(int(out * scale), (3, 3), padding='VALID', dtype=self.dtype,
-                            kernel_init=nn.initializers.xavier_uniform(), name=f'extra_{i}_conv')(x))
+                            kernel_init=layers.named(nn.initializers.xavier_uniform(), layers.CONV_KERNEL),
+                            name=f'extra_{i}_conv')(x))
       feature_maps.append(x)
     batch = images_NHWC.shape[0]
     logits, deltas = [], []

@@ -32,6 +32,9 @@ flags.DEFINE_enum('submission_status', 'onprem', ['cloud', 'onprem', 'preview', 
                   'submission_status in the MLPerf log.')
 flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for MFU (default: data sheet, or measured on CPU).')
 flags.DEFINE_bool('overwrite', False, 'Replace the files of a finished run in --output_dir.')
+flags.DEFINE_string('mesh', 'data:-1,fsdp:1,tensor:1', 'Device mesh within a slice, AXIS:SIZE over data, fsdp '
+                    'and tensor; one size may be -1 (inferred).')
+flags.DEFINE_string('dcn_mesh', '', 'How slices combine over the data-centre network, e.g. data:2 for two slices.')
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run off TPU pods/SLURM.')
 flags.DEFINE_integer('num_processes', None, 'Processes in the job (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, "This process's index in [0, num_processes).")
@@ -106,7 +109,8 @@ def run_from_flags() -> dict:
       output_dir=output_dir, data_dir=FLAGS.data_dir, seed=seed,
       division=FLAGS.division or ('closed' if FLAGS.scale == 'full' else 'open'),
       submission_org=FLAGS.submission_org, submission_platform=FLAGS.submission_platform,
-      submission_status=FLAGS.submission_status, peak_flops=FLAGS.peak_flops, overwrite=FLAGS.overwrite)
+      submission_status=FLAGS.submission_status, peak_flops=FLAGS.peak_flops, overwrite=FLAGS.overwrite,
+      mesh=FLAGS.mesh, dcn_mesh=FLAGS.dcn_mesh)
   logging.info('workload %s (%s), seed %d, config:\n%s', FLAGS.workload, FLAGS.scale, seed, FLAGS.config)
   return runner.run(workload, options)
 

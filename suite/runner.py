@@ -33,6 +33,8 @@ class RunOptions:
   submission_status: str = 'onprem'
   peak_flops: float | None = None  # Per device; default: the kind's data-sheet peak, or measured on CPU.
   overwrite: bool = False
+  mesh: str = sharding.DEFAULT_MESH
+  dcn_mesh: str = ''
 
 
 class Divergence(Exception):
@@ -135,20 +137,21 @@ def _peak_flops(options: RunOptions) -> float:
 def run(workload: Workload, options: RunOptions) -> dict:
   """Trains to the target (or gives up) and returns the summary it also writes to summary.json."""
   is_main = jax.process_index() == 0
-  workload.open_data(options.data_dir)  # Before writing anything: a missing dataset must not cost a file.
+  # Bad input fails before anything is written: a missing dataset or an impossible mesh must not cost a file.
+  workload.open_data(options.data_dir)
+  devices = jax.devices()
+  mesh = sharding.make_mesh(devices, options.mesh, options.dcn_mesh)
   if is_main:
     outputs.prepare_output_dir(options.output_dir, options.overwrite)
   path = lambda name: os.path.join(options.output_dir, name) if is_main else None  # noqa: E731
   log = MLPerfLog(path(outputs.RESULT_LOG), enabled=is_main)
   writer = outputs.MetricsWriter(path(outputs.METRICS))
   clock = Clock(log)
-  devices = jax.devices()
   platform = options.submission_platform or f'{len(devices)}x{devices[0].device_kind}'
   peak_flops = _peak_flops(options)  # Measuring it on CPU runs a matmul: keep it out of init.
 
   log_submission(log, workload, options, platform)
   clock.init_start()
-  mesh = sharding.make_mesh(devices)
   steps_per_epoch = workload.num_train_examples // workload.global_batch_size
   schedule = workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size)
   compiled = compile_steps(workload, mesh, workload.optimizer(schedule), schedule, clock.now)
@@ -211,6 +214,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
       'step_time_s': step_time, 'flops_per_step_per_device': flops, 'peak_flops_per_device': peak_flops,
       'mfu': mfu_lib.mfu(flops, step_time, peak_flops), 'compiles_after_run_start': clock.compiles_after_run_start,
       'global_batch_size': workload.global_batch_size, 'num_devices': len(devices),
+      'mesh': dict(mesh.shape),
       'num_processes': jax.process_count(), 'device_kind': devices[0].device_kind, 'platform': platform,
       'output_dir': os.path.abspath(options.output_dir),
   }

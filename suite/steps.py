@@ -7,6 +7,7 @@ benchmarked is exactly what is timed in a run.
 import dataclasses
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -62,17 +63,21 @@ def compile_steps(workload: Workload, mesh: Mesh, tx: optax.GradientTransformati
                   clock_now: Callable[[], float]) -> CompiledSteps:
   """Lowers and compiles init, train and eval for the workload's global batch shapes on `mesh`.
 
-  State is replicated (pure data parallelism); the batch is split over the data axis. The train step donates
-  its state so XLA updates parameters in place.
+  State is created sharded from its shapes: parameters and optimizer state are split as their logical axis names
+  map onto the mesh (FSDP over `fsdp`, channels over `tensor`), so no device ever holds a full copy unless the
+  mesh says so. The batch is split over the data and FSDP axes. The train step donates its state so XLA updates
+  parameters in place.
   """
   start = clock_now()
   replicated = sharding.replicated(mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  init_fn = make_init_fn(workload, tx)
+  boxed_init_fn = make_init_fn(workload, tx)
   rng_shape = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
-  state_shapes = jax.eval_shape(init_fn, rng_shape)
-  state_shardings = jax.tree.map(lambda _: replicated, state_shapes)
-  state_specs = sharding.with_sharding(state_shapes, replicated)
+  boxed_shapes = jax.eval_shape(boxed_init_fn, rng_shape)
+  state_shardings = sharding.state_shardings(boxed_shapes, mesh)
+  state_specs = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                             nn.unbox(boxed_shapes), state_shardings)
+  init_fn = lambda rng: nn.unbox(boxed_init_fn(rng))  # noqa: E731
 
   init = jax.jit(init_fn, out_shardings=state_shardings).lower(rng_shape).compile()
   train_batch = sharding.with_sharding(workload.batch_shapes(workload.global_batch_size, train=True),

@@ -92,7 +92,7 @@ def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
     c.global_batch_size = 32
     c.optimizer.update(learning_rate=3e-3, warmup_epochs=0.5)
     c.target = 0.5
-    c.max_epochs = 12
+    c.max_epochs = 30
     c.log_every_steps = 8
     if variant == 'ssd300':
       raise ValueError('the tiny scale has no ssd300 variant: use --variant=retinanet')
