@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 from suite.errors import UserError
 
@@ -21,6 +22,8 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     path = os.path.join(output_dir, name)
     if os.path.exists(path):
       os.remove(path)
+  if overwrite:  # The replaced run's checkpoints must not be mistaken for this run's.
+    shutil.rmtree(os.path.join(output_dir, 'checkpoints'), ignore_errors=True)
 
 
 class MetricsWriter:

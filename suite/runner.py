@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import jax
 from absl import logging
 
+from suite import checkpoint
 from suite import mfu as mfu_lib
 from suite import outputs
 from suite import sharding
@@ -35,6 +36,7 @@ class RunOptions:
   overwrite: bool = False
   mesh: str = sharding.DEFAULT_MESH
   dcn_mesh: str = ''
+  save_final_checkpoint: bool = True  # The trained state, for inference (suite.infer --checkpoint=output_dir).
 
 
 class Divergence(Exception):
@@ -196,6 +198,10 @@ def run(workload: Workload, options: RunOptions) -> dict:
   clock.run_stop(status, state, **metadata)
   log.close()
   writer.close()
+  if options.save_final_checkpoint:  # After run_stop: never inside the timed region.
+    final = checkpoint.manager(options.output_dir, max_to_keep=1, asynchronous=False)
+    checkpoint.save(final, step, state)
+    final.wait_until_finished()
   if clock.compiles_after_run_start:
     logging.warning('%d XLA compilation(s) happened inside the timed region: the time to train includes them',
                     clock.compiles_after_run_start)
