@@ -48,6 +48,20 @@ def make_eval_step(workload: Workload):
   return eval_step
 
 
+def sharded_state_layout(workload: Workload, mesh: Mesh, tx: optax.GradientTransformation):
+  """(init_fn, rng_shape, state_specs, state_shardings): how the train state is laid out on `mesh`, from shapes
+  alone. `state_specs` are ShapeDtypeStructs with shardings, e.g. to restore a checkpoint into."""
+  replicated = sharding.replicated(mesh)
+  boxed_init_fn = make_init_fn(workload, tx)
+  rng_shape = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
+  boxed_shapes = jax.eval_shape(boxed_init_fn, rng_shape)
+  state_shardings = sharding.state_shardings(boxed_shapes, mesh)
+  state_specs = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                             nn.unbox(boxed_shapes), state_shardings)
+  init_fn = lambda rng: nn.unbox(boxed_init_fn(rng))  # noqa: E731
+  return init_fn, rng_shape, state_specs, state_shardings
+
+
 @dataclasses.dataclass
 class CompiledSteps:
   """Executables compiled for fixed shapes and shardings; calling them can never trigger a compile."""
@@ -71,13 +85,7 @@ def compile_steps(workload: Workload, mesh: Mesh, tx: optax.GradientTransformati
   start = clock_now()
   replicated = sharding.replicated(mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  boxed_init_fn = make_init_fn(workload, tx)
-  rng_shape = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
-  boxed_shapes = jax.eval_shape(boxed_init_fn, rng_shape)
-  state_shardings = sharding.state_shardings(boxed_shapes, mesh)
-  state_specs = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                             nn.unbox(boxed_shapes), state_shardings)
-  init_fn = lambda rng: nn.unbox(boxed_init_fn(rng))  # noqa: E731
+  init_fn, rng_shape, state_specs, state_shardings = sharded_state_layout(workload, mesh, tx)
 
   init = jax.jit(init_fn, out_shardings=state_shardings).lower(rng_shape).compile()
   train_batch = sharding.with_sharding(workload.batch_shapes(workload.global_batch_size, train=True),
