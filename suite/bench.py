@@ -3,17 +3,24 @@
 `python -m suite.bench overhead --workload=resnet --scale=tiny`: the suite's training loop (device prefetch,
 one-step-late metrics, divergence check, interval logging) against a bare `jax.jit` loop over the same step
 and the same host batches, interleaved in one process. Goal: ratio <= 1.05.
+
+`python -m suite.bench scaling --workload=resnet --scale=tiny`: step time on 1, 2, 4, 8 CPU devices for the same
+global batch, and 2 processes x 4 devices vs 1 x 8.
 """
 
 import itertools
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
 from absl import app, flags
 
+from launch import local
 from suite import outputs, registry, runner, sharding
 from suite.clock import Clock
 from suite.errors import UserError
@@ -81,7 +88,43 @@ def overhead(workload_name: str, scale: str, data_dir: str | None, num_steps: in
           'ratio': suite_s / raw_s, 'suite_step_s_all': suite_times, 'raw_step_s_all': raw_times}
 
 
-BENCHMARKS = {'overhead': overhead}
+def _summary_of(cmd: list[str], env: dict, output_dir: str) -> dict:
+  subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+  path = os.path.join(output_dir, 'summary.json')
+  if not os.path.exists(path):
+    raise UserError(f'scaling run failed: {" ".join(cmd)}')
+  with open(path) as f:
+    return json.load(f)
+
+
+def scaling(workload_name: str, scale: str, data_dir: str | None, device_counts=(1, 2, 4, 8)) -> dict:
+  """Step time for 1..8 (fake CPU) devices at the same global batch, and 2 processes x 4 vs 1 x 8.
+
+  Each configuration is a real `suite.main` run of one epoch in its own process (XLA fixes the device count at
+  start-up). On one CPU the devices share the same cores: these figures track regressions, not speed-ups.
+  """
+  workdir = tempfile.mkdtemp(prefix='scaling-')
+  base = ['--workload=' + workload_name, '--scale=' + scale, '--seed=0', '--config.max_epochs=1']
+  if data_dir:
+    base.append('--data_dir=' + data_dir)
+  step_s = {}
+  for n in device_counts:
+    out = os.path.join(workdir, f'devices_{n}')
+    env = local.process_env(n)
+    step_s[n] = _summary_of([sys.executable, '-m', 'suite.main', *base, '--output_dir=' + out], env, out)['step_time_s']
+  out = os.path.join(workdir, 'processes_2x4')
+  two = _summary_of([sys.executable, '-m', 'launch.local', '--num_processes=2', '--devices_per_process=4', '--',
+                     *base, '--output_dir=' + out], dict(os.environ), out)['step_time_s']
+  one = step_s.get(8)
+  return {'benchmark': 'scaling', 'workload': workload_name, 'scale': scale,
+          'note': 'fake CPU devices share 2 cores: for regressions only, not a speed-up measure',
+          'step_time_s_by_devices': step_s,
+          'ratio_to_1_device': {n: t / step_s[device_counts[0]] for n, t in step_s.items()},
+          'two_processes_x4_step_s': two, 'one_process_x8_step_s': one,
+          'two_vs_one_process_ratio': two / one if one else None}
+
+
+BENCHMARKS = ('overhead', 'scaling')
 
 
 def main(argv):
@@ -90,8 +133,11 @@ def main(argv):
           file=sys.stderr)
     return 2
   try:
-    result = overhead(FLAGS.workload, FLAGS.scale, FLAGS.data_dir, FLAGS.steps, FLAGS.repeats,
-                      FLAGS.host_batches)
+    if argv[1] == 'scaling':
+      result = scaling(FLAGS.workload, FLAGS.scale, FLAGS.data_dir)
+    else:
+      result = overhead(FLAGS.workload, FLAGS.scale, FLAGS.data_dir, FLAGS.steps, FLAGS.repeats,
+                        FLAGS.host_batches)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

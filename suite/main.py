@@ -35,6 +35,8 @@ flags.DEFINE_bool('overwrite', False, 'Replace the files of a finished run in --
 flags.DEFINE_string('mesh', 'data:-1,fsdp:1,tensor:1', 'Device mesh within a slice, AXIS:SIZE over data, fsdp '
                     'and tensor; one size may be -1 (inferred).')
 flags.DEFINE_string('dcn_mesh', '', 'How slices combine over the data-centre network, e.g. data:2 for two slices.')
+flags.DEFINE_string('profile_steps', '', 'START:END: capture a jax.profiler trace of these steps into '
+                    '<output_dir>/profile (view with TensorBoard or Perfetto).')
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run off TPU pods/SLURM.')
 flags.DEFINE_integer('num_processes', None, 'Processes in the job (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, "This process's index in [0, num_processes).")
@@ -110,9 +112,18 @@ def run_from_flags() -> dict:
       division=FLAGS.division or ('closed' if FLAGS.scale == 'full' else 'open'),
       submission_org=FLAGS.submission_org, submission_platform=FLAGS.submission_platform,
       submission_status=FLAGS.submission_status, peak_flops=FLAGS.peak_flops, overwrite=FLAGS.overwrite,
-      mesh=FLAGS.mesh, dcn_mesh=FLAGS.dcn_mesh)
+      mesh=FLAGS.mesh, dcn_mesh=FLAGS.dcn_mesh, profile_steps=parse_profile_steps(FLAGS.profile_steps))
   logging.info('workload %s (%s), seed %d, config:\n%s', FLAGS.workload, FLAGS.scale, seed, FLAGS.config)
   return runner.run(workload, options)
+
+
+def parse_profile_steps(value: str) -> tuple[int, int] | None:
+  if not value:
+    return None
+  start, _, stop = value.partition(':')
+  if not (start.isdigit() and stop.isdigit() and 0 < int(start) < int(stop)):
+    raise UserError(f"bad --profile_steps={value}: use START:END with 0 < START < END, e.g. --profile_steps=10:20")
+  return int(start), int(stop)
 
 
 def human_line(s: dict) -> str:

@@ -37,6 +37,7 @@ class RunOptions:
   mesh: str = sharding.DEFAULT_MESH
   dcn_mesh: str = ''
   save_final_checkpoint: bool = True  # The trained state, for inference (suite.infer --checkpoint=output_dir).
+  profile_steps: tuple[int, int] | None = None  # Capture a jax.profiler trace of these steps into output_dir.
 
 
 class Divergence(Exception):
@@ -48,7 +49,10 @@ class TrainMonitor:
   """Receives each step's metrics (one step late), stops on divergence, and records interval timings."""
 
   def __init__(self, clock: Clock, writer: outputs.MetricsWriter, log_every_steps: int, steps_per_epoch: int,
-               global_batch_size: int):
+               global_batch_size: int, profile_steps: tuple[int, int] | None = None, profile_dir: str = ''):
+    self._profile_start, self._profile_stop = profile_steps or (-1, -1)
+    self._tracing = False
+    self._profile_dir = profile_dir
     self._clock = clock
     self._writer = writer
     self._log_every = log_every_steps
@@ -62,11 +66,23 @@ class TrainMonitor:
     """Called when stepping resumes (run start, after an eval) so eval time never counts as step time."""
     self._interval_start = (step, self._clock.now())
 
+  def stop_profile(self) -> None:
+    """Ends a trace (also when the run ends before the last profiled step)."""
+    if self._tracing:
+      jax.profiler.stop_trace()
+      self._tracing = False
+      logging.info('profile from step %d written to %s', self._profile_start, self._profile_dir)
+
   def __call__(self, step: int, metrics: dict) -> None:
     loss = float(metrics['loss'])
     if not math.isfinite(loss):
       raise Divergence(f'training loss is {loss} at step {step}')
     self.last_step = step
+    if step == self._profile_start:
+      jax.profiler.start_trace(self._profile_dir)
+      self._tracing = True
+    elif step == self._profile_stop:
+      self.stop_profile()
     if step % self._log_every:
       return
     start_step, start_time = self._interval_start
@@ -163,7 +179,8 @@ def run(workload: Workload, options: RunOptions) -> dict:
 
   clock.run_start()
   monitor = TrainMonitor(clock, writer, workload.config.log_every_steps, steps_per_epoch,
-                         workload.global_batch_size)
+                         workload.global_batch_size, options.profile_steps,
+                         os.path.join(options.output_dir, 'profile'))
   train_batches = sharding.prefetch_to_devices(
       workload.train_batches(options.seed, jax.process_index(), jax.process_count()),
       compiled.train_batch_sharding)
@@ -194,6 +211,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
     logging.error('stopping: %s', reason)
   finally:
     train_batches.close()
+    monitor.stop_profile()
   metadata = {} if status == 'success' else {'reason': reason}
   clock.run_stop(status, state, **metadata)
   log.close()
@@ -207,6 +225,11 @@ def run(workload: Workload, options: RunOptions) -> dict:
                     clock.compiles_after_run_start)
 
   train_s = clock.time_to_train_s - clock.eval_s
+  goodput = {  # Where the wall time from init_start to run_stop went; only 'train_s' moves the model forward.
+      'init_s': clock.init_s, 'compile_s': compiled.compile_s, 'eval_s': clock.eval_s,
+      'data_wait_s': train_batches.wait_s, 'checkpoint_s': 0.0,
+      'train_s': train_s - train_batches.wait_s,
+      'goodput': (train_s - train_batches.wait_s) / (clock.init_s + clock.time_to_train_s)}
   step_time = statistics.median(monitor.step_times) if monitor.step_times else train_s / max(step, 1)
   flops = mfu_lib.compiled_flops(compiled.train)
   summary = {
@@ -220,7 +243,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
       'step_time_s': step_time, 'flops_per_step_per_device': flops, 'peak_flops_per_device': peak_flops,
       'mfu': mfu_lib.mfu(flops, step_time, peak_flops), 'compiles_after_run_start': clock.compiles_after_run_start,
       'global_batch_size': workload.global_batch_size, 'num_devices': len(devices),
-      'mesh': dict(mesh.shape),
+      'mesh': dict(mesh.shape), 'goodput': goodput,
       'num_processes': jax.process_count(), 'device_kind': devices[0].device_kind, 'platform': platform,
       'output_dir': os.path.abspath(options.output_dir),
   }

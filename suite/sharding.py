@@ -2,6 +2,7 @@
 
 import queue
 import threading
+import time
 from typing import Iterator
 
 import flax.linen as nn
@@ -127,38 +128,53 @@ def to_global(local_batch: dict, sharding: NamedSharding) -> dict:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
-def prefetch_to_devices(local_batches: Iterator[dict], sharding: NamedSharding, size: int = 2) -> Iterator[dict]:
+class DevicePrefetcher:
   """Moves batches to the devices on a background thread, `size` ahead of the consumer.
 
-  The thread overlaps host->device copies (and the host pipeline's own work) with the running step. An
-  exception in the producer is re-raised in the consumer rather than lost.
+  The thread overlaps host->device copies (and the host pipeline's own work) with the running step. An exception
+  in the producer is re-raised in the consumer rather than lost. `wait_s` is how long the consumer waited for
+  data: the input pipeline's share of the clock.
   """
-  buffer: queue.Queue = queue.Queue(maxsize=size)
-  done = object()
-  stop = threading.Event()
 
-  def produce():
+  _DONE = object()
+
+  def __init__(self, local_batches: Iterator[dict], sharding: NamedSharding, size: int = 2):
+    self._buffer: queue.Queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self.wait_s = 0.0
+    self._thread = threading.Thread(target=self._produce, args=(local_batches, sharding), daemon=True,
+                                    name='device-prefetch')
+    self._thread.start()
+
+  def _produce(self, local_batches, sharding):
     try:
       for batch in local_batches:
-        if stop.is_set():
+        if self._stop.is_set():
           return
-        buffer.put(to_global(batch, sharding))
-      buffer.put(done)
+        self._buffer.put(to_global(batch, sharding))
+      self._buffer.put(self._DONE)
     except BaseException as e:  # pylint: disable=broad-except
-      buffer.put(e)
+      self._buffer.put(e)
 
-  thread = threading.Thread(target=produce, daemon=True, name='device-prefetch')
-  thread.start()
-  try:
-    while True:
-      item = buffer.get()
-      if item is done:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
-    # Unblock a producer waiting on a full queue so the thread can see `stop` and exit.
-    while not buffer.empty():
-      buffer.get_nowait()
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    start = time.perf_counter()
+    item = self._buffer.get()
+    self.wait_s += time.perf_counter() - start
+    if item is self._DONE:
+      raise StopIteration
+    if isinstance(item, BaseException):
+      raise item
+    return item
+
+  def close(self) -> None:
+    self._stop.set()
+    # Unblock a producer waiting on a full queue so the thread can see the stop flag and exit.
+    while not self._buffer.empty():
+      self._buffer.get_nowait()
+
+
+def prefetch_to_devices(local_batches: Iterator[dict], sharding: NamedSharding, size: int = 2) -> DevicePrefetcher:
+  return DevicePrefetcher(local_batches, sharding, size)
