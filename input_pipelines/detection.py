@@ -11,7 +11,8 @@ from PIL import Image
 
 # Shared with the classification pipeline: the same normalisation, the same draft-mode crop-and-resize, the same
 # batch-size check.
-from input_pipelines.image_classification import crop_resize, local_batch_size, normalize, num_eval_batches
+from input_pipelines.image_classification import (crop_resize, global_train_stream, local_batch_size, normalize,
+                                                  num_eval_batches)
 from suite.errors import UserError
 
 AUGMENTATIONS = ('flip', 'ssd_crop')
@@ -157,32 +158,17 @@ def _eval_example(index: int, *, source, image_size: int) -> dict:
 
 def train_batches(source, *, global_batch_size: int, image_size: int, max_boxes: int, seed: int,
                   process_index: int = 0, process_count: int = 1, augment: str = 'flip',
-                  num_threads: int = 8) -> Iterator[dict]:
+                  num_threads: int = 8, start_batch: int = 0) -> Iterator[dict]:
   """Endless augmented training batches for this process, B = global_batch_size // process_count:
   {'image': f32[B, S, S, 3], 'boxes': f32[B, M, 4] normalised yxyx, 'classes': i32[B, M] (0-based dataset labels),
-  'box_mask': bool[B, M]}.
-
-  As the classification pipeline: the global stream depends only on the seed (reshuffled every epoch, whole global
-  batches only), every process augments the same global stream and takes positions process_index,
-  process_index + process_count, ..., so the processes' batches k together form global batch k.
+  'box_mask': bool[B, M]}, from global batch `start_batch` on; the same seeded global stream as classification.
   """
   if augment not in AUGMENTATIONS:
     raise UserError(f'augment must be one of {AUGMENTATIONS}, not {augment!r}')
-  batch_size = local_batch_size(global_batch_size, process_count)
-  steps_per_epoch = len(source) // global_batch_size
-  if steps_per_epoch == 0:
-    raise UserError(f'the training split has {len(source)} examples, fewer than one global batch '
-                    f'({global_batch_size}): lower --config.global_batch_size')
-  shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
-  ds = grain.MapDataset.source(source).shuffle(seed=int(shuffle_seed))
-  # grain reseeds the shuffle for each repetition, so each epoch leaves out a different remainder.
-  ds = ds.slice(slice(0, steps_per_epoch * global_batch_size)).repeat()
-  # Augment before sharding: an example's crop and flip depend on its global stream position, not on the shard.
-  ds = ds.random_map(functools.partial(train_example, image_size=image_size, max_boxes=max_boxes, augment=augment),
-                     seed=int(augment_seed))
-  ds = ds.slice(slice(process_index, None, process_count))
-  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
-  return iter(ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True))
+  preprocess = functools.partial(train_example, image_size=image_size, max_boxes=max_boxes, augment=augment)
+  return global_train_stream(source, preprocess, global_batch_size=global_batch_size, seed=seed,
+                             process_index=process_index, process_count=process_count, num_threads=num_threads,
+                             start_batch=start_batch)
 
 
 def eval_batches(source, *, global_batch_size: int, image_size: int, max_boxes: int, process_index: int = 0,

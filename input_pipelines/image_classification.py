@@ -160,13 +160,24 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
 
 
 def train_batches(source, *, global_batch_size: int, image_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, crop_min_scale: float = 0.08, num_threads: int = 8) -> Iterator[dict]:
+                  process_count: int = 1, crop_min_scale: float = 0.08, num_threads: int = 8,
+                  start_batch: int = 0) -> Iterator[dict]:
   """Endless augmented training batches for this process: {'image': f32[B, S, S, 3], 'label': i32[B]},
-  B = global_batch_size // process_count.
+  B = global_batch_size // process_count, starting at global batch `start_batch` (to resume a run)."""
+  return global_train_stream(source, functools.partial(_train_example, image_size=image_size,
+                                                       crop_min_scale=crop_min_scale),
+                             global_batch_size=global_batch_size, seed=seed, process_index=process_index,
+                             process_count=process_count, num_threads=num_threads, start_batch=start_batch)
+
+
+def global_train_stream(source, preprocess, *, global_batch_size: int, seed: int, process_index: int,
+                        process_count: int, num_threads: int, start_batch: int) -> Iterator[dict]:
+  """The endless, seeded training stream shared by the pipelines; `preprocess(example, rng)` augments one example.
 
   The global batch stream depends only on the seed: every process shuffles and augments the same global stream
   and takes positions process_index, process_index + process_count, ... of it, so the processes' batches k
-  together form global batch k whatever the process count.
+  together form global batch k whatever the process count. The stream is indexable, so starting at batch
+  `start_batch` costs nothing (no batch before it is read).
   """
   batch_size = local_batch_size(global_batch_size, process_count)
   steps_per_epoch = len(source) // global_batch_size
@@ -179,9 +190,8 @@ def train_batches(source, *, global_batch_size: int, image_size: int, seed: int,
   # fresh permutation (grain reseeds the shuffle per epoch), so a different remainder is left out each epoch.
   ds = ds.slice(slice(0, steps_per_epoch * global_batch_size)).repeat()
   # Augment before sharding: an example's crop and flip depend on its global stream position, not on the shard.
-  ds = ds.random_map(functools.partial(_train_example, image_size=image_size, crop_min_scale=crop_min_scale),
-                     seed=int(augment_seed))
-  ds = ds.slice(slice(process_index, None, process_count))
+  ds = ds.random_map(preprocess, seed=int(augment_seed))
+  ds = ds.slice(slice(start_batch * global_batch_size + process_index, None, process_count))
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
   return iter(ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True))
 

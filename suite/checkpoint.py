@@ -4,6 +4,7 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from suite.errors import UserError
 
@@ -16,26 +17,44 @@ def manager(output_dir: str, max_to_keep: int = 3, asynchronous: bool = True) ->
   return ocp.CheckpointManager(os.path.abspath(os.path.join(output_dir, CHECKPOINTS)), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-  mngr.save(step, args=ocp.args.StandardSave(state))
+def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict | None = None) -> None:
+  """The sharded state plus a small JSON of host facts (step, seed, clock) that resuming needs."""
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})))
 
 
-def restore(directory: str, abstract_state, step: int | None = None):
-  """Restores a state laid out like `abstract_state` (ShapeDtypeStructs with shardings) from a run folder or its
-  checkpoints folder; the latest step unless `step` is given."""
+def _checkpoints_dir(directory: str) -> str:
   directory = os.path.abspath(directory)
-  if os.path.isdir(os.path.join(directory, CHECKPOINTS)):
-    directory = os.path.join(directory, CHECKPOINTS)
+  return os.path.join(directory, CHECKPOINTS) if os.path.isdir(os.path.join(directory, CHECKPOINTS)) else directory
+
+
+def has_checkpoints(directory: str) -> bool:
+  path = os.path.join(os.path.abspath(directory), CHECKPOINTS)
+  return os.path.isdir(path) and bool(ocp.CheckpointManager(path).all_steps())
+
+
+def restore_latest_valid(directory: str, abstract_state) -> tuple[object, dict]:
+  """(state, meta) of the newest checkpoint that reads back whole, laid out like `abstract_state`
+  (ShapeDtypeStructs with shardings). A corrupt or partial newer one is reported in one line and skipped."""
+  directory = _checkpoints_dir(directory)
   mngr = ocp.CheckpointManager(directory)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise UserError(f'no checkpoint in {directory}: pass the --output_dir of a finished training run')
-  try:
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
-  except Exception as e:  # pylint: disable=broad-except
-    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise UserError(f'checkpoint {directory}/{step} cannot be read ({first_line}): it is corrupt or from another '
-                    'workload/config') from None
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
+    raise UserError(f'no checkpoint in {directory}: pass the --output_dir of a training run')
+  for step in steps:
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                            meta=ocp.args.JsonRestore()))
+      return restored['state'], dict(restored['meta'])
+    except Exception as e:  # pylint: disable=broad-except
+      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      logging.warning('checkpoint %s/%d cannot be read (%s): trying an older one', directory, step, first_line)
+  raise UserError(f'no readable checkpoint in {directory} (tried steps {steps}): they are corrupt or from another '
+                  'workload/config')
+
+
+def restore(directory: str, abstract_state):
+  """The state of the newest readable checkpoint in a run folder (or its checkpoints folder)."""
+  return restore_latest_valid(directory, abstract_state)[0]
 
 
 def abstract_like(state):

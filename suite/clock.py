@@ -37,12 +37,17 @@ class Clock:
 
   def __init__(self, log: MLPerfLog):
     self._log = log
+    self.logging_enabled = True  # Off while a resumed run repeats its init (its log already holds those lines).
     self._marks: dict[str, float] = {}
     self._compiles_at_run_start = 0
     self.compiles_after_run_start = 0
     self.eval_s = 0.0
     self._eval_started = 0.0
     compile_count()
+
+  def _emit(self, kind: str, key: str, **kwargs):
+    if self.logging_enabled:
+      getattr(self._log, kind)(key, **kwargs)
 
   def now(self, *wait_for) -> float:
     """Seconds since the epoch, read after the given device values are ready."""
@@ -56,36 +61,41 @@ class Clock:
     return t
 
   def init_start(self):
-    self._log.start(KEYS.INIT_START, time_ms=round(self._mark('init_start', ()) * 1e3))
+    self._emit('start', KEYS.INIT_START, time_ms=round(self._mark('init_start', ()) * 1e3))
 
   def init_stop(self, *wait_for):
-    self._log.end(KEYS.INIT_STOP, time_ms=round(self._mark('init_stop', wait_for) * 1e3))
+    self._emit('end', KEYS.INIT_STOP, time_ms=round(self._mark('init_stop', wait_for) * 1e3))
 
-  def run_start(self):
+  def run_start(self, already_elapsed_s: float = 0.0, eval_s: float = 0.0):
+    """Starts the timed region; a resumed run passes the time (and eval time) it had already accumulated, so
+    time to train excludes the time it was down."""
     self._compiles_at_run_start = compile_count()
-    self._log.start(KEYS.RUN_START, time_ms=round(self._mark('run_start', ()) * 1e3))
+    t = self._mark('run_start', ())
+    self._emit('start', KEYS.RUN_START, time_ms=round(t * 1e3))
+    self._marks['run_start'] = t - already_elapsed_s
+    self.eval_s = eval_s
 
   def run_stop(self, status: str, *wait_for, **metadata):
     t = self._mark('run_stop', wait_for)
     self.compiles_after_run_start = compile_count() - self._compiles_at_run_start
-    self._log.end(KEYS.RUN_STOP, metadata={'status': status, **metadata}, time_ms=round(t * 1e3))
+    self._emit('end', KEYS.RUN_STOP, metadata={'status': status, **metadata}, time_ms=round(t * 1e3))
 
   def block_start(self, first_epoch_num: int, epoch_count: int):
-    self._log.start(KEYS.BLOCK_START, metadata={'first_epoch_num': first_epoch_num, 'epoch_count': epoch_count},
+    self._emit('start', KEYS.BLOCK_START, metadata={'first_epoch_num': first_epoch_num, 'epoch_count': epoch_count},
                     time_ms=round(self.now() * 1e3))
 
   def block_stop(self, first_epoch_num: int, *wait_for):
-    self._log.end(KEYS.BLOCK_STOP, metadata={'first_epoch_num': first_epoch_num},
+    self._emit('end', KEYS.BLOCK_STOP, metadata={'first_epoch_num': first_epoch_num},
                   time_ms=round(self.now(*wait_for) * 1e3))
 
   def eval_start(self, epoch_num: int, *wait_for):
     self._eval_started = self.now(*wait_for)
-    self._log.start(KEYS.EVAL_START, metadata={'epoch_num': epoch_num}, time_ms=round(self._eval_started * 1e3))
+    self._emit('start', KEYS.EVAL_START, metadata={'epoch_num': epoch_num}, time_ms=round(self._eval_started * 1e3))
 
   def eval_stop(self, epoch_num: int, *wait_for):
     t = self.now(*wait_for)
     self.eval_s += t - self._eval_started
-    self._log.end(KEYS.EVAL_STOP, metadata={'epoch_num': epoch_num}, time_ms=round(t * 1e3))
+    self._emit('end', KEYS.EVAL_STOP, metadata={'epoch_num': epoch_num}, time_ms=round(t * 1e3))
 
   def since(self, mark: str) -> float:
     return self.now() - self._marks[mark]

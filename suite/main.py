@@ -37,6 +37,10 @@ flags.DEFINE_string('mesh', 'data:-1,fsdp:1,tensor:1', 'Device mesh within a sli
 flags.DEFINE_string('dcn_mesh', '', 'How slices combine over the data-centre network, e.g. data:2 for two slices.')
 flags.DEFINE_string('profile_steps', '', 'START:END: capture a jax.profiler trace of these steps into '
                     '<output_dir>/profile (view with TensorBoard or Perfetto).')
+flags.DEFINE_integer('checkpoint_every_steps', 0, 'Save the train state every N steps (asynchronously; 0: off).')
+flags.DEFINE_float('checkpoint_every_s', 0.0, 'Save the train state every S seconds (0: off).')
+flags.DEFINE_integer('keep_checkpoints', 3, 'How many recent checkpoints to keep.')
+flags.DEFINE_bool('resume', False, 'Continue the run in --output_dir from its latest valid checkpoint.')
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run off TPU pods/SLURM.')
 flags.DEFINE_integer('num_processes', None, 'Processes in the job (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, "This process's index in [0, num_processes).")
@@ -112,7 +116,9 @@ def run_from_flags() -> dict:
       division=FLAGS.division or ('closed' if FLAGS.scale == 'full' else 'open'),
       submission_org=FLAGS.submission_org, submission_platform=FLAGS.submission_platform,
       submission_status=FLAGS.submission_status, peak_flops=FLAGS.peak_flops, overwrite=FLAGS.overwrite,
-      mesh=FLAGS.mesh, dcn_mesh=FLAGS.dcn_mesh, profile_steps=parse_profile_steps(FLAGS.profile_steps))
+      mesh=FLAGS.mesh, dcn_mesh=FLAGS.dcn_mesh, profile_steps=parse_profile_steps(FLAGS.profile_steps),
+      checkpoint_every_steps=FLAGS.checkpoint_every_steps, checkpoint_every_s=FLAGS.checkpoint_every_s,
+      keep_checkpoints=FLAGS.keep_checkpoints, resume=FLAGS.resume)
   logging.info('workload %s (%s), seed %d, config:\n%s', FLAGS.workload, FLAGS.scale, seed, FLAGS.config)
   return runner.run(workload, options)
 

@@ -11,12 +11,18 @@ METRICS = 'metrics.jsonl'
 SUMMARY = 'summary.json'
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
-  """Creates the folder; refuses to clobber a finished run's files unless asked to."""
+def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool = False) -> None:
+  """Creates the folder; refuses to clobber a run's files unless asked to (--overwrite), and to resume a run
+  that already finished."""
   existing = [name for name in (RESULT_LOG, SUMMARY) if os.path.exists(os.path.join(output_dir, name))]
+  if resume:
+    if SUMMARY in existing and _summary_reason(output_dir) != 'preempted':
+      raise UserError(f'{output_dir} holds a finished run (summary.json): nothing to resume; use a new --output_dir')
+    os.makedirs(output_dir, exist_ok=True)
+    return
   if existing and not overwrite:
-    raise UserError(f'{output_dir} already holds a run ({", ".join(existing)}): choose a new --output_dir '
-                    'or pass --overwrite')
+    raise UserError(f'{output_dir} already holds a run ({", ".join(existing)}): choose a new --output_dir, '
+                    'pass --resume to continue it, or --overwrite to replace it')
   os.makedirs(output_dir, exist_ok=True)
   for name in (RESULT_LOG, METRICS, SUMMARY):  # --overwrite: start this run's files afresh.
     path = os.path.join(output_dir, name)
@@ -24,6 +30,14 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
       os.remove(path)
   if overwrite:  # The replaced run's checkpoints must not be mistaken for this run's.
     shutil.rmtree(os.path.join(output_dir, 'checkpoints'), ignore_errors=True)
+
+
+def _summary_reason(output_dir: str) -> str | None:
+  try:
+    with open(os.path.join(output_dir, SUMMARY), encoding='utf-8') as f:
+      return json.load(f).get('reason')
+  except (OSError, ValueError):
+    return None
 
 
 class MetricsWriter:

@@ -7,6 +7,7 @@ init_start -> open data, build and AOT-compile the steps, init the sharded state
 import dataclasses
 import math
 import os
+import signal
 import statistics
 from typing import Callable, Iterator
 
@@ -38,18 +39,29 @@ class RunOptions:
   dcn_mesh: str = ''
   save_final_checkpoint: bool = True  # The trained state, for inference (suite.infer --checkpoint=output_dir).
   profile_steps: tuple[int, int] | None = None  # Capture a jax.profiler trace of these steps into output_dir.
+  checkpoint_every_steps: int = 0
+  checkpoint_every_s: float = 0.0
+  keep_checkpoints: int = 3
+  resume: bool = False  # Continue from the latest valid checkpoint in output_dir.
 
 
-class Divergence(Exception):
-  """The training loss stopped being finite. `state` is the newest state (the older ones were donated)."""
-  state = None
+class StopTraining(Exception):
+  """Ends the step loop early (divergence, preemption). `state`/`step` are the newest (older states were donated)."""
+
+  def __init__(self, reason: str):
+    super().__init__(reason)
+    self.reason = reason
+    self.state = None
+    self.step = 0
 
 
 class TrainMonitor:
   """Receives each step's metrics (one step late), stops on divergence, and records interval timings."""
 
   def __init__(self, clock: Clock, writer: outputs.MetricsWriter, log_every_steps: int, steps_per_epoch: int,
-               global_batch_size: int, profile_steps: tuple[int, int] | None = None, profile_dir: str = ''):
+               global_batch_size: int, profile_steps: tuple[int, int] | None = None, profile_dir: str = '',
+               stop_flag: dict | None = None):
+    self._stop_flag = stop_flag if stop_flag is not None else {'stop': False}
     self._profile_start, self._profile_stop = profile_steps or (-1, -1)
     self._tracing = False
     self._profile_dir = profile_dir
@@ -76,8 +88,10 @@ class TrainMonitor:
   def __call__(self, step: int, metrics: dict) -> None:
     loss = float(metrics['loss'])
     if not math.isfinite(loss):
-      raise Divergence(f'training loss is {loss} at step {step}')
+      raise StopTraining(f'divergence: training loss is {loss} at step {step}')
     self.last_step = step
+    if self._stop_flag['stop']:
+      raise StopTraining('preempted')
     if step == self._profile_start:
       jax.profiler.start_trace(self._profile_dir)
       self._tracing = True
@@ -99,19 +113,24 @@ class TrainMonitor:
 
 
 def train_steps(train_step, state: TrainState, batches: Iterator[dict], num_steps: int, first_step: int,
-                on_metrics: Callable[[int, dict], None]) -> TrainState:
-  """The hot loop: dispatch step i, then fetch step i-1's metrics while step i runs."""
+                on_metrics: Callable[[int, dict], None],
+                on_state: Callable[[int, TrainState], None] | None = None) -> TrainState:
+  """The hot loop: dispatch step i, then fetch step i-1's metrics while step i runs. `on_state(i, state)` sees
+  every new state (periodic checkpoints)."""
   pending = None
+  step = first_step
   try:
-    for i in range(first_step + 1, first_step + num_steps + 1):
+    for step in range(first_step + 1, first_step + num_steps + 1):
       state, metrics = train_step(state, next(batches))
       if pending is not None:
-        on_metrics(i - 1, jax.device_get(pending))
+        on_metrics(step - 1, jax.device_get(pending))
+      if on_state is not None:
+        on_state(step, state)
       pending = metrics
     if pending is not None:
       on_metrics(first_step + num_steps, jax.device_get(pending))
-  except Divergence as e:
-    e.state = state
+  except StopTraining as e:
+    e.state, e.step = state, step
     raise
   return state
 
@@ -152,6 +171,42 @@ def _peak_flops(options: RunOptions) -> float:
           or mfu_lib.measure_peak_flops() / jax.local_device_count())
 
 
+class PeriodicCheckpointer:
+  """Saves the state every N steps and/or S seconds (Orbax, asynchronous: only the device->host copy blocks)."""
+
+  def __init__(self, manager, clock: Clock, every_steps: int, every_s: float, meta_fn: Callable[[int], dict]):
+    self._manager = manager
+    self._clock = clock
+    self._every_steps = every_steps
+    self._every_s = every_s
+    self._meta_fn = meta_fn
+    self._last_save = clock.now()
+    self.seconds = 0.0
+
+  def __call__(self, step: int, state: TrainState) -> None:
+    due = (self._every_steps and step % self._every_steps == 0) or (
+        self._every_s and self._clock.now() - self._last_save >= self._every_s)
+    if due:
+      self.save(step, state)
+
+  def save(self, step: int, state: TrainState) -> None:
+    start = self._clock.now()
+    checkpoint.save(self._manager, step, state, self._meta_fn(step))
+    self._last_save = self._clock.now()
+    self.seconds += self._last_save - start
+
+
+def _stop_on_sigterm(flag: dict):
+  """SIGTERM (what a preemption sends) asks the loop to stop at the next step; returns the previous handler."""
+  def handler(signum, frame):
+    del signum, frame
+    flag['stop'] = True
+  try:
+    return signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # Not the main thread (e.g. a test calling run() from a worker): no handler.
+    return None
+
+
 def run(workload: Workload, options: RunOptions) -> dict:
   """Trains to the target (or gives up) and returns the summary it also writes to summary.json."""
   is_main = jax.process_index() == 0
@@ -159,8 +214,9 @@ def run(workload: Workload, options: RunOptions) -> dict:
   workload.open_data(options.data_dir)
   devices = jax.devices()
   mesh = sharding.make_mesh(devices, options.mesh, options.dcn_mesh)
+  resumable = options.resume and checkpoint.has_checkpoints(options.output_dir)
   if is_main:
-    outputs.prepare_output_dir(options.output_dir, options.overwrite)
+    outputs.prepare_output_dir(options.output_dir, options.overwrite, options.resume)
   path = lambda name: os.path.join(options.output_dir, name) if is_main else None  # noqa: E731
   log = MLPerfLog(path(outputs.RESULT_LOG), enabled=is_main)
   writer = outputs.MetricsWriter(path(outputs.METRICS))
@@ -168,32 +224,55 @@ def run(workload: Workload, options: RunOptions) -> dict:
   platform = options.submission_platform or f'{len(devices)}x{devices[0].device_kind}'
   peak_flops = _peak_flops(options)  # Measuring it on CPU runs a matmul: keep it out of init.
 
-  log_submission(log, workload, options, platform)
+  # A resumed run's log already holds its submission, init and run_start lines: "exactly once" keys stay once.
+  init_log = MLPerfLog(None, enabled=False) if resumable else log
+  clock.logging_enabled = not resumable
+  log_submission(init_log, workload, options, platform)
   clock.init_start()
   steps_per_epoch = workload.num_train_examples // workload.global_batch_size
   schedule = workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size)
   compiled = compile_steps(workload, mesh, workload.optimizer(schedule), schedule, clock.now)
   state = compiled.init(jax.random.PRNGKey(options.seed))
-  log_hyperparameters(log, workload, options.seed)
+  step, resumed_from = 0, None
+  if resumable:
+    state, meta = checkpoint.restore_latest_valid(options.output_dir, compiled.state_specs)
+    step, resumed_from = meta['step'], meta
+  log_hyperparameters(init_log, workload, options.seed)
   clock.init_stop(state)
+  clock.run_start(already_elapsed_s=resumed_from['run_elapsed_s'] if resumed_from else 0.0,
+                  eval_s=resumed_from['eval_s'] if resumed_from else 0.0)
+  clock.logging_enabled = True
+  if resumed_from:
+    log.event('resumed', step, metadata={'from_step': step, 'epoch': step / steps_per_epoch,
+                                         'note': 'resumed run: not valid for closed-division scoring'})
+    logging.info('resumed from the checkpoint of step %d (epoch %.2f)', step, step / steps_per_epoch)
 
-  clock.run_start()
+  stop_flag = {'stop': False}
+  previous_handler = _stop_on_sigterm(stop_flag)
   monitor = TrainMonitor(clock, writer, workload.config.log_every_steps, steps_per_epoch,
                          workload.global_batch_size, options.profile_steps,
-                         os.path.join(options.output_dir, 'profile'))
+                         os.path.join(options.output_dir, 'profile'), stop_flag)
+  meta_fn = lambda k: {'step': k, 'seed': options.seed, 'run_elapsed_s': clock.since('run_start'),  # noqa: E731
+                       'eval_s': clock.eval_s}
+  manager = checkpoint.manager(options.output_dir, max_to_keep=options.keep_checkpoints)
+  checkpointer = PeriodicCheckpointer(manager, clock, options.checkpoint_every_steps, options.checkpoint_every_s,
+                                      meta_fn)
+  periodic = checkpointer if (options.checkpoint_every_steps or options.checkpoint_every_s) else None
   train_batches = sharding.prefetch_to_devices(
-      workload.train_batches(options.seed, jax.process_index(), jax.process_count()),
+      workload.train_batches(options.seed, jax.process_index(), jax.process_count(), start_step=step),
       compiled.train_batch_sharding)
-  status, reason, epoch, step, metric = 'aborted', 'max_epochs', 0, 0, None
+  status, reason, metric = 'aborted', 'max_epochs', None
+  epoch = step // steps_per_epoch
   try:
     while epoch < workload.max_epochs:
-      epoch_count = min(workload.eval_every_epochs, workload.max_epochs - epoch)
+      # Blocks end on the eval cadence; a run resumed mid-block first finishes its block.
+      block_end = min((epoch // workload.eval_every_epochs + 1) * workload.eval_every_epochs, workload.max_epochs)
       first_epoch = epoch + 1
-      clock.block_start(first_epoch, epoch_count)
+      clock.block_start(first_epoch, block_end - epoch)
       monitor.start_interval(step)
-      state = train_steps(compiled.train, state, train_batches, epoch_count * steps_per_epoch, step, monitor)
-      step += epoch_count * steps_per_epoch
-      epoch += epoch_count
+      num_steps = block_end * steps_per_epoch - step
+      state = train_steps(compiled.train, state, train_batches, num_steps, step, monitor, periodic)
+      step, epoch = step + num_steps, block_end
       clock.block_stop(first_epoch, state)
       clock.eval_start(epoch)
       metric = evaluate(workload, compiled, state)
@@ -206,33 +285,47 @@ def run(workload: Workload, options: RunOptions) -> dict:
       if workload.reached_target(metric):
         status, reason = 'success', 'target_reached'
         break
-  except Divergence as e:
-    state, step, reason = e.state, monitor.last_step, f'divergence: {e}'
+  except StopTraining as e:
+    state, step, reason = e.state, e.step, e.reason
     logging.error('stopping: %s', reason)
+    if reason == 'preempted':  # Keep the work: a restart with --resume continues from here.
+      checkpointer.save(step, state)
   finally:
     train_batches.close()
     monitor.stop_profile()
+    manager.wait_until_finished()
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
   metadata = {} if status == 'success' else {'reason': reason}
   clock.run_stop(status, state, **metadata)
   log.close()
   writer.close()
-  if options.save_final_checkpoint:  # After run_stop: never inside the timed region.
-    final = checkpoint.manager(options.output_dir, max_to_keep=1, asynchronous=False)
-    checkpoint.save(final, step, state)
-    final.wait_until_finished()
+  if options.save_final_checkpoint and reason != 'preempted':  # After run_stop: never inside the timed region.
+    checkpoint.save(manager, step, state, meta_fn(step) | {'final': True})
+    manager.wait_until_finished()
   if clock.compiles_after_run_start:
     logging.warning('%d XLA compilation(s) happened inside the timed region: the time to train includes them',
                     clock.compiles_after_run_start)
 
+  summary = _summary(workload, options, clock, compiled, monitor, train_batches.wait_s, checkpointer.seconds,
+                     mesh, devices, platform, peak_flops, status, reason, epoch, step, metric)
+  summary['resumed_from_step'] = resumed_from['step'] if resumed_from else None
+  if is_main:
+    outputs.write_summary(path(outputs.SUMMARY), summary)
+  return summary
+
+
+def _summary(workload, options, clock, compiled, monitor, data_wait_s, checkpoint_s, mesh, devices, platform,
+             peak_flops, status, reason, epoch, step, metric) -> dict:
   train_s = clock.time_to_train_s - clock.eval_s
+  productive_s = train_s - data_wait_s - checkpoint_s
   goodput = {  # Where the wall time from init_start to run_stop went; only 'train_s' moves the model forward.
       'init_s': clock.init_s, 'compile_s': compiled.compile_s, 'eval_s': clock.eval_s,
-      'data_wait_s': train_batches.wait_s, 'checkpoint_s': 0.0,
-      'train_s': train_s - train_batches.wait_s,
-      'goodput': (train_s - train_batches.wait_s) / (clock.init_s + clock.time_to_train_s)}
+      'data_wait_s': data_wait_s, 'checkpoint_s': checkpoint_s, 'train_s': productive_s,
+      'goodput': productive_s / (clock.init_s + clock.time_to_train_s)}
   step_time = statistics.median(monitor.step_times) if monitor.step_times else train_s / max(step, 1)
   flops = mfu_lib.compiled_flops(compiled.train)
-  summary = {
+  return {
       'workload': workload.benchmark, 'scale': workload.scale, 'division': options.division,
       'status': status, 'reason': reason, 'seed': options.seed,
       'target_metric': workload.metric_name, 'target': workload.target, 'final_metric': metric,
@@ -247,6 +340,3 @@ def run(workload: Workload, options: RunOptions) -> dict:
       'num_processes': jax.process_count(), 'device_kind': devices[0].device_kind, 'platform': platform,
       'output_dir': os.path.abspath(options.output_dir),
   }
-  if is_main:
-    outputs.write_summary(path(outputs.SUMMARY), summary)
-  return summary

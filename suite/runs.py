@@ -137,9 +137,28 @@ def run_record(spec: RunSpec, returncode: int, stderr_path: str, command: list[s
             'epochs': None, 'final_metric': None}
   with open(summary_path, encoding='utf-8') as f:
     summary = json.load(f)
-  keep = ('status', 'reason', 'time_to_train_s', 'epochs', 'final_metric', 'target_metric', 'target',
+  keep = ('status', 'reason', 'epochs', 'final_metric', 'target_metric', 'target',
           'samples_per_s', 'train_steps', 'division', 'workload', 'scale', 'device_kind', 'num_devices')
-  return {**record, **{k: summary.get(k) for k in keep}}
+  log_time = log_time_to_train_s(os.path.join(spec.output_dir, outputs.RESULT_LOG))
+  return {**record, **{k: summary.get(k) for k in keep},
+          'time_to_train_s': summary.get('time_to_train_s') if log_time is None else log_time,
+          'summary_time_to_train_s': summary.get('time_to_train_s')}
+
+
+def log_time_to_train_s(path: str) -> float | None:
+  """run_start to run_stop from the MLPerf log's time_ms: the time the official result_summarizer scores."""
+  if not os.path.exists(path):
+    return None
+  stamps = {}
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      if line.startswith(':::MLLOG '):
+        event = json.loads(line[len(':::MLLOG '):])
+        if event['key'] in ('run_start', 'run_stop'):
+          stamps.setdefault(event['key'], event['time_ms'])
+  if len(stamps) < 2:
+    return None
+  return (stamps['run_stop'] - stamps['run_start']) / 1000
 
 
 def summarize(runs: list[dict], benchmark: str, confidence: float = 0.95) -> dict:

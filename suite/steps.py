@@ -70,6 +70,7 @@ class CompiledSteps:
   eval: Any
   train_batch_sharding: jax.sharding.NamedSharding
   eval_batch_sharding: jax.sharding.NamedSharding
+  state_specs: Any = None  # ShapeDtypeStructs with shardings: the layout to restore checkpoints into.
   compile_s: float = 0.0
 
 
@@ -98,4 +99,4 @@ def compile_steps(workload: Workload, mesh: Mesh, tx: optax.GradientTransformati
   eval_ = jax.jit(make_eval_step(workload), in_shardings=(state_shardings, batch_sharding),
                   out_shardings=replicated).lower(state_specs, eval_batch).compile()
   return CompiledSteps(init=init, train=train, eval=eval_, train_batch_sharding=batch_sharding,
-                       eval_batch_sharding=batch_sharding, compile_s=clock_now() - start)
+                       eval_batch_sharding=batch_sharding, state_specs=state_specs, compile_s=clock_now() - start)

@@ -56,8 +56,9 @@ class Workload(abc.ABC):
     ...
 
   @abc.abstractmethod
-  def train_batches(self, seed: int, process_index: int, process_count: int) -> Iterator[dict]:
-    """Infinite iterator of this process's share of each global train batch (numpy)."""
+  def train_batches(self, seed: int, process_index: int, process_count: int, start_step: int = 0) -> Iterator[dict]:
+    """Infinite iterator of this process's share of each global train batch (numpy), from global batch
+    `start_step` on (a resumed run continues the same stream)."""
 
   @abc.abstractmethod
   def eval_batches(self, process_index: int, process_count: int) -> Iterator[dict]:

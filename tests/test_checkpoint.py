@@ -41,5 +41,5 @@ def test_missing_and_corrupt_checkpoints_fail_clearly(tmp_path):
       if name != 'commit_success.txt':
         with open(os.path.join(root, name), 'wb') as f:
           f.write(b'garbage')
-  with pytest.raises(UserError, match='cannot be read'):
+  with pytest.raises(UserError, match='corrupt'):
     checkpoint.restore(str(tmp_path), checkpoint.abstract_like(state))

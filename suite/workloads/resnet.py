@@ -104,7 +104,7 @@ class Workload(workload_lib.Workload):
   def num_eval_examples(self):
     return len(self._eval_source) if self._eval_source is not None else self.global_batch_size
 
-  def train_batches(self, seed, process_index, process_count):
+  def train_batches(self, seed, process_index, process_count, start_step=0):
     c = self.config
     if self._train_source is None:
       return pipeline.synthetic_batches(global_batch_size=c.global_batch_size, image_size=c.image_size,
@@ -112,7 +112,7 @@ class Workload(workload_lib.Workload):
     return pipeline.train_batches(
         self._train_source, global_batch_size=c.global_batch_size, image_size=c.image_size, seed=seed,
         process_index=process_index, process_count=process_count, crop_min_scale=c.crop_min_scale,
-        num_threads=c.data_threads)
+        num_threads=c.data_threads, start_batch=start_step)
 
   def eval_batches(self, process_index, process_count):
     c = self.config

@@ -141,12 +141,12 @@ class Workload(workload_lib.Workload):
   def num_eval_examples(self):
     return len(self._eval_source)
 
-  def train_batches(self, seed, process_index, process_count):
+  def train_batches(self, seed, process_index, process_count, start_step=0):
     c = self.config
     return pipeline.train_batches(self._train_source, global_batch_size=c.global_batch_size,
                                   image_size=c.image_size, max_boxes=c.max_boxes, seed=seed,
                                   process_index=process_index, process_count=process_count, augment=c.augment,
-                                  num_threads=c.data_threads)
+                                  num_threads=c.data_threads, start_batch=start_step)
 
   def eval_batches(self, process_index, process_count):
     c = self.config

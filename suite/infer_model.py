@@ -1,0 +1,167 @@
+"""The inference side of a workload: trained weights, the AOT-compiled forward per batch size, response bytes."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from suite import checkpoint, sharding, steps
+from suite.errors import UserError
+from suite.workload import Workload
+
+# The model name LoadGen's mlperf.conf keys use for each suite workload.
+MLPERF_MODEL = {'resnet': 'resnet50', 'ssd': 'retinanet'}
+# FP32 reference accuracy of the MLPerf Inference reference models (mlcommons/inference,
+# vision/classification_and_detection/README.md: resnet50-v1.5 76.456% top-1, retinanet 800x800 0.3755 mAP); the
+# closed division needs 99% of it. LoadGen's mlperf.conf holds no accuracy values.
+REFERENCE_ACCURACY = {'resnet': 0.76456, 'ssd': 0.3755}
+CLOSED_FRACTION = 0.99
+# Columns of one detection in an ssd response: normalised box, score, class.
+DETECTION_FIELDS = 6
+
+
+def closed_bound(workload_name: str) -> float:
+  return CLOSED_FRACTION * REFERENCE_ACCURACY[workload_name]
+
+
+def forward_fn(workload: Workload) -> Callable[[Any, Any, jax.Array], Any]:
+  """(params, model_state, images) -> what one response is made of: the top-1 class (resnet) or the
+  post-processed detections (ssd), by the same code the training eval runs."""
+  if workload.benchmark == 'resnet':
+    def classify(params, model_state, images):
+      logits = workload.model.apply({'params': params, **model_state}, images, train=False)
+      return jnp.argmax(logits, -1).astype(jnp.int32)
+    return classify
+
+  def detect(params, model_state, images):
+    b = images.shape[0]
+    # eval_outputs carries ids and sizes through the device for training's eval; the scorer knows them by index.
+    batch = {'image': images, 'image_id': jnp.zeros((b,), jnp.int32), 'image_hw': jnp.zeros((b, 2), jnp.int32),
+             'mask': jnp.ones((b,), jnp.float32)}
+    out = workload.eval_outputs(params, model_state, batch)
+    return {k: out[k] for k in ('boxes', 'scores', 'classes', 'valid')}
+  return detect
+
+
+def to_responses(benchmark: str, host_outputs: Any, n: int) -> list[np.ndarray]:
+  """Host outputs of one (padded) batch -> the first `n` samples' response arrays (their bytes go to LoadGen)."""
+  if benchmark == 'resnet':
+    return [np.ascontiguousarray(host_outputs[i:i + 1], np.int32) for i in range(n)]
+  responses = []
+  for i in range(n):
+    valid = np.asarray(host_outputs['valid'][i], bool)
+    rows = np.concatenate([np.asarray(host_outputs['boxes'][i])[valid],
+                           np.asarray(host_outputs['scores'][i])[valid][:, None],
+                           np.asarray(host_outputs['classes'][i])[valid][:, None].astype(np.float32)], axis=1)
+    responses.append(np.ascontiguousarray(rows, np.float32))
+  return responses
+
+
+def from_response(benchmark: str, data: bytes) -> np.ndarray:
+  """Inverse of `to_responses` for one sample; an empty response (a failed sample) decodes to no prediction."""
+  if benchmark == 'resnet':
+    values = np.frombuffer(data, np.int32)
+    return values[:1] if values.size else np.array([-1], np.int32)
+  return np.frombuffer(data, np.float32).reshape(-1, DETECTION_FIELDS)
+
+
+def batch_sizes_for(scenario: str, samples_per_query: int, max_batch: int) -> tuple[int, ...]:
+  """The batch sizes to compile: exactly what a scenario can ask for, so no query ever waits on a compile.
+
+  Server batches dynamically, so it gets every power of two up to its max batch (a partial batch pads to the
+  next one, wasting at most half); Offline runs full batches and pads only its last.
+  """
+  if scenario == 'SingleStream':
+    return (1,)
+  if scenario == 'MultiStream':
+    return (samples_per_query,)
+  sizes = {1, max_batch}
+  if scenario == 'Server':
+    sizes |= {2**k for k in range(max_batch.bit_length()) if 2**k < max_batch}
+  return tuple(sorted(sizes))
+
+
+@dataclasses.dataclass
+class Predictor:
+  """Executables compiled ahead of time for fixed batch sizes; a call pads its batch to the next size up."""
+  executables: dict[int, Any]
+  params: Any
+  model_state: Any
+  input_shardings: dict[int, Any]
+  compile_s: float = 0.0
+
+  @property
+  def max_batch(self) -> int:
+    return max(self.executables)
+
+  def padded_size(self, n: int) -> int:
+    fits = [b for b in self.executables if b >= n]
+    if not fits:
+      raise ValueError(f'a batch of {n} exceeds the largest compiled batch {self.max_batch}')
+    return min(fits)
+
+  def __call__(self, images: np.ndarray) -> Any:
+    """Dispatches one batch (asynchronously: the result is a device future)."""
+    n = images.shape[0]
+    size = self.padded_size(n)
+    if size != n:
+      images = np.concatenate([images, np.zeros((size - n, *images.shape[1:]), images.dtype)])
+    device_images = jax.device_put(images, self.input_shardings[size])
+    return self.executables[size](self.params, self.model_state, device_images)
+
+
+def compile_predictor(workload: Workload, mesh, params, model_state, batch_sizes: tuple[int, ...]) -> Predictor:
+  """Lowers and compiles the forward for each batch size, with the weights as arguments (not baked-in
+  constants) in the layout they were restored to."""
+  start = time.perf_counter()
+  image = workload.batch_shapes(1, train=False)['image']
+  forward = jax.jit(forward_fn(workload))
+  abstract = lambda tree: jax.tree.map(  # noqa: E731
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+  executables, input_shardings = {}, {}
+  num_devices = mesh.devices.size
+  for b in batch_sizes:
+    # A batch the devices cannot split evenly (batch 1 on 8 devices) is replicated instead.
+    input_shardings[b] = sharding.batch_sharding(mesh) if b % num_devices == 0 else sharding.replicated(mesh)
+    images = jax.ShapeDtypeStruct((b, *image.shape[1:]), image.dtype, sharding=input_shardings[b])
+    executables[b] = forward.lower(abstract(params), abstract(model_state), images).compile()
+  return Predictor(executables, params, model_state, input_shardings, time.perf_counter() - start)
+
+
+def restore_weights(workload: Workload, mesh, checkpoint_dir: str) -> tuple[Any, Any]:
+  """(params, model_state) of a training run's final checkpoint, laid out as training laid them out."""
+  if not os.path.isdir(checkpoint_dir):
+    raise UserError(f'--checkpoint={checkpoint_dir} does not exist: pass the --output_dir of a training run')
+  schedule = workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size)
+  _, _, state_specs, _ = steps.sharded_state_layout(workload, mesh, workload.optimizer(schedule))
+  state = checkpoint.restore(checkpoint_dir, state_specs)
+  return state.params, state.model_state
+
+
+def default_cache_dir() -> str:
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'mlperf_jax_suite')
+
+
+def tiny_checkpoint(workload_name: str, data_dir: str | None, cache_dir: str, platform: str | None,
+                    seed: int = 0) -> str:
+  """A trained tiny model for accuracy mode to mean something: trained once into the cache, then reused."""
+  run_dir = os.path.join(cache_dir, f'{workload_name}-tiny-seed{seed}')
+  if os.path.isdir(os.path.join(run_dir, checkpoint.CHECKPOINTS)):
+    return run_dir
+  args = [sys.executable, '-m', 'suite.main', f'--workload={workload_name}', '--scale=tiny', f'--seed={seed}',
+          f'--output_dir={run_dir}', '--overwrite']
+  args += [f'--data_dir={data_dir}'] if data_dir else []
+  args += [f'--platform={platform}'] if platform else []
+  result = subprocess.run(args, capture_output=True, text=True, check=False)
+  # Exit 1 (target missed) still leaves trained weights; only bad input (2) or a crash has none.
+  if result.returncode not in (0, 1) or not os.path.isdir(os.path.join(run_dir, checkpoint.CHECKPOINTS)):
+    tail = (result.stderr.strip().splitlines() or ['no output'])[-1]
+    raise UserError(f'training the tiny {workload_name} model into {run_dir} failed ({tail})')
+  return run_dir
