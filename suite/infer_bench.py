@@ -68,12 +68,13 @@ def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: f
   stats = infer_lib.execute(settings, library, predictor, finish, policy, os.path.join(out, 'offline'))
   sut = infer_loadgen.read_result(os.path.join(out, 'offline'), 'Offline')
 
-  server_runs = []
+  server_runs, bound_ms = [], None
   for fraction in fractions:
     server = infer_lib.InferOptions(**{**options.__dict__, 'scenario': 'Server'})
     s = infer_loadgen.build_settings(infer_model.MLPERF_MODEL[options.workload], 'Server', 'performance',
                                      options.user_conf, server.overrides, workload.num_eval_examples)
     s.min_duration_ms, s.min_query_count, s.server_target_qps = int(server_s * 1e3), 1, fraction * bare
+    bound_ms = s.server_target_latency_ns / 1e6
     folder = os.path.join(out, f'server_{fraction:g}')
     run_stats = infer_lib.execute(s, library, predictor, finish,
                                   BatchPolicy(options.server_batch_size, options.server_batch_timeout_ms / 1e3),
@@ -91,7 +92,7 @@ def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: f
       'offline_bare_samples_per_s': bare,
       'offline_ratio': sut['samples_per_s'] / bare if sut['samples_per_s'] else None,
       'offline_errors': stats['errors'],
-      'server_latency_bound_ms': settings.server_target_latency_ns / 1e6,
+      'server_latency_bound_ms': bound_ms,
       'server_qps_at_bound': max((r['completed_samples_per_s'] for r in valid), default=None),
       'server_runs': server_runs, 'output_dir': os.path.abspath(out),
   }

@@ -10,8 +10,8 @@ import sys
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from suite import config as config_lib
 from suite import registry
 from suite.errors import UserError
 
@@ -50,32 +50,12 @@ flags.DEFINE_integer('distributed_timeout_s', 300, 'A peer that never arrives or
 _JAX_PLATFORMS = {'cpu': 'cpu', 'gpu': 'cuda,rocm', 'tpu': 'tpu'}
 
 
-def _config_keys(config, prefix: str = '') -> list[str]:
-  keys = []
-  for key, value in config.items():
-    keys += _config_keys(value, f'{prefix}{key}.') if hasattr(value, 'items') else [prefix + key]
-  return keys
-
-
-def _check_config_overrides(argv: list[str], config, where: str) -> None:
-  """Rejects an unknown --config.KEY before absl turns it into a traceback."""
-  known = _config_keys(config)
-  for arg in argv[1:]:
-    if arg.startswith('--config.'):
-      key = arg[len('--config.'):].split('=', 1)[0]
-      if key not in known and not any(k.startswith(key + '.') for k in known):
-        raise UserError(f"unknown config key '{key}' for {where}: known keys are {', '.join(known)}")
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """Pass 1 reads --workload/--scale; pass 2 parses everything against that workload's locked config."""
   try:
     FLAGS(argv, known_only=True)
     config = registry.get_config(FLAGS.workload, FLAGS.scale, FLAGS.variant)
-    _check_config_overrides(argv, config, f'{FLAGS.workload} (scale {FLAGS.scale})')
-    config_flags.DEFINE_config_dict('config', config, 'Workload config; override fields with --config.KEY=VALUE.',
-                                    lock_config=True)
-    return FLAGS(argv)
+    return config_lib.parse_with_overrides(argv, config, f'{FLAGS.workload} (scale {FLAGS.scale})')
   except UserError as e:
     _fail(str(e))
   except flags.Error as e:

@@ -144,7 +144,6 @@ class SUT:
     responses = [lg.QuerySampleResponse(s.id, a.ctypes.data, a.nbytes) if a is not None and a.nbytes
                  else lg.QuerySampleResponse(s.id, 0, 0) for s, a in zip(batch, arrays)]
     (self._complete or lg.QuerySamplesComplete)(responses)
-    del arrays
 
   def _fail(self, batch: list[Sample], error: Exception) -> None:
     with self._lock:
