@@ -124,11 +124,21 @@ def human_line(s: dict) -> str:
 
 def main(argv):
   del argv
+  import jax  # pylint: disable=import-outside-toplevel
   try:
     summary = run_from_flags()
   except UserError as e:
     _fail(str(e))
-  import jax  # pylint: disable=import-outside-toplevel
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    # A peer died or stopped answering: say so in one line and leave at once. A normal exit would run
+    # jax.distributed's shutdown barrier, which waits for the dead peer and then aborts with pages of logs.
+    first_line = (str(e).strip().splitlines() or [''])[0][:300]
+    print(f'error: process {jax.process_index()} lost contact with another process of the job ({first_line}): '
+          'see the other processes\' logs; restart the job (with --resume to keep the checkpointed work)',
+          file=sys.stderr, flush=True)
+    os._exit(3)  # pylint: disable=protected-access
   if jax.process_index() == 0:
     print(human_line(summary), flush=True)
   return 0 if summary['status'] == 'success' else 1

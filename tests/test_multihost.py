@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -52,3 +53,24 @@ def test_incomplete_distributed_flags_fail_in_one_line():
   result = run_suite('--workload=resnet', '--scale=tiny', '--num_processes=2')
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert '--coordinator_address' in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_dead_peer_stops_the_others_within_the_timeout(tmp_path, data_dir):
+  port = local.free_port()
+  env = local.process_env(2)
+  procs = [subprocess.Popen(cmd + ['--distributed_timeout_s=10'], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+           for cmd in local.process_commands(['--workload=resnet', '--scale=tiny', '--seed=1', f'--data_dir={data_dir}',
+                                              f'--output_dir={tmp_path / "run"}'], 2, port)]
+  metrics = tmp_path / 'run' / 'metrics.jsonl'
+  deadline = time.monotonic() + 600
+  while not (metrics.exists() and metrics.read_text().count('"train"') >= 1):  # Training has started.
+    assert time.monotonic() < deadline and procs[0].poll() is None
+    time.sleep(0.5)
+  procs[1].kill()
+  killed = time.monotonic()
+  _, stderr = procs[0].communicate(timeout=120)
+  assert time.monotonic() - killed < 10 + 30  # The timeout, plus slack for a loaded machine.
+  assert procs[0].returncode == 3
+  assert 'lost contact with another process' in stderr.strip().splitlines()[-1]
