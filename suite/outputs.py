@@ -1,8 +1,12 @@
 """The files a run leaves in --output_dir: result_0.txt (MLPerf log), metrics.jsonl and summary.json."""
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import shutil
+from collections.abc import Iterator
 
 from suite.errors import UserError
 
@@ -40,16 +44,92 @@ def _summary_reason(output_dir: str) -> str | None:
     return None
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(path: str, error: BaseException) -> UserError | None:
+  """A one-line UserError when `error` (or an exception it wraps, as Orbax's async writers do) is ENOSPC/EDQUOT."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+      return UserError(f'disk full: cannot write {error.filename or path} ({os.strerror(error.errno)}): free some '
+                       'space (the files written so far are intact), then rerun with --resume to keep the '
+                       'checkpointed work')
+    error = error.__cause__ or error.__context__
+  return None
+
+
+@contextlib.contextmanager
+def on_disk_full(path: str) -> Iterator[None]:
+  """Turns a disk-full error raised inside the block into one clear line about `path` (e.g. around checkpoint
+  saves and waits)."""
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    user_error = disk_full_error(path, e)
+    if user_error is None:
+      raise
+    raise user_error from None
+
+
+class _AppendFile:
+  """An append-only file written one whole line per write: a failed write (disk full) is rolled back to the last
+  whole line, so what was written before is never truncated and no half line is left."""
+
+  def __init__(self, path: str):
+    self.path = path
+    # Unbuffered: a line that could not be written must not linger in a buffer to be flushed later.
+    self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+  def write_line(self, line: str) -> None:
+    data = line.encode('utf-8') + b'\n'
+    start = os.fstat(self._fd).st_size
+    try:
+      while data:  # A write may be short (nearly full disk): keep going until the line is whole or it fails.
+        data = data[os.write(self._fd, data):]
+    except OSError as e:
+      with contextlib.suppress(OSError):  # Not a regular file (e.g. /dev/full): nothing to roll back.
+        os.ftruncate(self._fd, start)
+      raise disk_full_error(self.path, e) or e from None
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+
+class LogFileHandler(logging.Handler):
+  """A logging handler for the MLPerf log that raises a one-line UserError when the disk is full.
+
+  logging.FileHandler reports write errors by printing a traceback and going on without the line, which would leave
+  a log that silently misses events; this one keeps whole lines and stops the run instead.
+  """
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._file = _AppendFile(path)
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self._file.write_line(self.format(record))
+
+  def close(self) -> None:
+    self._file.close()
+    super().close()
+
+
 class MetricsWriter:
-  """Appends one JSON object per line; flushed each time so a killed run keeps what it wrote."""
+  """Appends one JSON object per line, each written at once so a killed run keeps what it wrote; a full disk ends
+  the run with a one-line UserError and leaves the earlier lines intact."""
 
   def __init__(self, path: str | None):
-    self._file = open(path, 'a', encoding='utf-8') if path else None
+    self._file = _AppendFile(path) if path else None
 
   def write(self, record: dict) -> None:
     if self._file:
-      self._file.write(json.dumps(record) + '\n')
-      self._file.flush()
+      self._file.write_line(json.dumps(record))
 
   def close(self) -> None:
     if self._file:
@@ -57,9 +137,15 @@ class MetricsWriter:
 
 
 def write_summary(path: str, summary: dict) -> None:
-  """Writes atomically (temp file + rename): a crash mid-write never leaves a truncated summary."""
+  """Writes atomically (temp file + rename): a crash or a full disk mid-write never leaves a truncated summary, nor
+  a temp file; the previous summary (a preempted run's) stays as it was."""
   tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+      f.write('\n')
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise disk_full_error(path, e) or e from None

@@ -152,7 +152,7 @@ def log_submission(log: MLPerfLog, workload: Workload, options: RunOptions, plat
   log.event(KEYS.CACHE_CLEAR, True)
 
 
-def log_hyperparameters(log: MLPerfLog, workload: Workload, seed: int) -> None:
+def log_hyperparameters(log: MLPerfLog, workload: Workload, seed: int, params=None) -> None:
   steps_per_epoch = workload.num_train_examples / workload.global_batch_size
   log.event(KEYS.SEED, seed)
   log.event(KEYS.GLOBAL_BATCH_SIZE, workload.global_batch_size)
@@ -161,6 +161,9 @@ def log_hyperparameters(log: MLPerfLog, workload: Workload, seed: int) -> None:
   log.event(KEYS.EVAL_SAMPLES, workload.num_eval_examples)
   for key, value in workload.hyperparameters(steps_per_epoch).items():
     log.event(key, value)
+  if params is not None:
+    for key, value, metadata in workload.init_log_events(params):
+      log.event(key, value, metadata=metadata)
 
 
 def _peak_flops(options: RunOptions) -> float:
@@ -237,7 +240,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
   if resumable:
     state, meta = checkpoint.restore_latest_valid(options.output_dir, compiled.state_specs)
     step, resumed_from = meta['step'], meta
-  log_hyperparameters(init_log, workload, options.seed)
+  log_hyperparameters(init_log, workload, options.seed, state.params)
   clock.init_stop(state)
   clock.run_start(already_elapsed_s=resumed_from['run_elapsed_s'] if resumed_from else 0.0,
                   eval_s=resumed_from['eval_s'] if resumed_from else 0.0)

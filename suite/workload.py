@@ -97,6 +97,11 @@ class Workload(abc.ABC):
   def hyperparameters(self, steps_per_epoch: float) -> dict:
     """mllog key -> value of every hyperparameter the closed ruleset checks (besides the common ones)."""
 
+  def init_log_events(self, params) -> list[tuple[str, object, dict]]:
+    """(key, value, metadata) events a ruleset wants logged at init, e.g. weights_initialization; none by default."""
+    del params
+    return []
+
   # --- cadence ---
   @property
   def eval_every_epochs(self) -> int:

@@ -2,6 +2,7 @@
 
 import json
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,12 +85,12 @@ def _full_workload(variant=''):
   return workload
 
 
-def _write_closed_log(path, workload, accuracy):
+def _write_closed_log(path, workload, accuracy, params=None):
   log = MLPerfLog(path)
   clock = Clock(log)
   runner.log_submission(log, workload, runner.RunOptions(output_dir='', division='closed'), 'test-platform')
   clock.init_start()
-  runner.log_hyperparameters(log, workload, seed=99)
+  runner.log_hyperparameters(log, workload, seed=99, params=params)
   clock.init_stop()
   clock.run_start()
   for epoch in (1, 2):
@@ -116,6 +117,20 @@ def test_closed_checker_rejects_a_run_short_of_the_target(tmp_path):
   path = str(tmp_path / 'result_0.txt')
   _write_closed_log(path, _full_workload(), 0.339)
   assert 'FAILED' in check_log(path, '4.1.0').stdout + check_log(path, '4.1.0').stderr
+
+
+def test_full_ssd300_closed_log_passes_the_official_1_1_0_checker(tmp_path):
+  workload = _full_workload('ssd300')
+  workload._train_source, workload._eval_source = range(117266), range(5000)  # COCO 2017 sizes.
+  shapes = jax.eval_shape(lambda: workload.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 300, 300, 3)),
+                                                      train=False))
+  params = flax.linen.unbox(shapes['params'])
+  names = ssd.ssd300_reference_tensor_names(params)
+  assert len(names) == len(set(names)) == 119
+  path = str(tmp_path / 'result_0.txt')
+  _write_closed_log(path, workload, 0.231, params)
+  result = check_log(path, '1.1.0')
+  assert 'SUCCESS' in result.stdout + result.stderr, result.stdout + result.stderr
 
 
 @pytest.fixture(scope='module')

@@ -220,6 +220,13 @@ class Workload(workload_lib.Workload):
       return optax.chain(optax.add_decayed_weights(o.weight_decay), optax.sgd(schedule, momentum=o.momentum))
     raise ValueError(f"config.optimizer.name must be 'adam' or 'sgd', not {o.name!r}")
 
+  def init_log_events(self, params) -> list[tuple[str, object, dict]]:
+    """SSD300's closed 1.1.0 rules want a `weights_initialization` event for every tensor of the reference model,
+    named as the reference names it; RetinaNet's rules want none."""
+    if not self.is_ssd300:
+      return []
+    return [('weights_initialization', None, {'tensor': name}) for name in ssd300_reference_tensor_names(params)]
+
   def hyperparameters(self, steps_per_epoch):
     o = self.config.optimizer
     hp = {'opt_name': o.name, 'opt_base_learning_rate': o.learning_rate, 'opt_weight_decay': o.weight_decay,
@@ -231,6 +238,39 @@ class Workload(workload_lib.Workload):
     else:
       hp['opt_learning_rate_warmup_epochs'] = o.warmup_epochs
     return hp
+
+
+def ssd300_reference_tensor_names(params) -> list[str]:
+  """Our SSD300 parameters under the MLPerf reference's tensor names (ruleset 1.1.0), one name per tensor: the
+  ResNet-34 stages (a block's projection conv follows its two body convs), the extra blocks and the per-level
+  predictors (the reference's one predictor conv per level is our class head + box head)."""
+  backbone = params['backbone']
+  names = ['ssd0_resnetmlperf0_conv0_weight', 'ssd0_resnetmlperf0_batchnorm0_gamma',
+           'ssd0_resnetmlperf0_batchnorm0_beta']
+  block_names = sorted((k for k in backbone if k.startswith('BasicBlock_')), key=lambda k: int(k.split('_')[1]))
+  stage_of = {}
+  block = 0
+  for stage, size in enumerate(ssd300.ResNetBackbone.stage_sizes, start=1):
+    for _ in range(size):
+      stage_of[block_names[block]] = stage
+      block += 1
+  counters = {}
+  for name in block_names:
+    stage = stage_of[name]
+    convs = ['Conv_0', 'Conv_1'] + (['proj_conv'] if 'proj_conv' in backbone[name] else [])
+    for _ in convs:
+      i = counters.get(stage, 0)
+      counters[stage] = i + 1
+      prefix = f'ssd0_resnetmlperf0_stage{stage}'
+      names += [f'{prefix}_conv{i}_weight', f'{prefix}_batchnorm{i}_gamma', f'{prefix}_batchnorm{i}_beta']
+  extras = sorted({k.split('_')[1] for k in params if k.startswith('extra_')}, key=int)
+  for i in extras:
+    names += [f'ssd0_expand_trans_conv{i}_weight', f'ssd0_expand_trans_conv{i}_bias',
+              f'ssd0_expand_conv{i}_weight', f'ssd0_expand_conv{i}_bias']
+  levels = sorted({k.rsplit('_', 1)[1] for k in params if k.startswith('class_head_')}, key=int)
+  for i in levels:
+    names += [f'ssd0_convpredictor{i}_conv0_weight', f'ssd0_convpredictor{i}_conv0_bias']
+  return names
 
 
 def retinanet_loss(anchors_Ax4, config, logits_AxC, deltas_Ax4, boxes_Mx4, classes_M, box_mask_M):
