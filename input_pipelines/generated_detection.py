@@ -2,7 +2,6 @@
 
 import colorsys
 import dataclasses
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -154,21 +153,4 @@ def ensure_generated_detection(data_dir: str, *, num_classes: int, image_size: i
   (e.g. 'generated_detection/c4_s64_n1024_e128'). Safe when several processes share data_dir (see
   generated_images.ensure_generated_images)."""
   config = make_config(num_classes=num_classes, image_size=image_size, num_train=num_train, num_eval=num_eval)
-  name = f'{GeneratedDetection.name}/{config.name}'
-  if not _is_prepared(data_dir, name):
-    builder = GeneratedDetection(config=config, data_dir=os.fspath(data_dir), file_format='array_record')
-    download_config = tfds.download.DownloadConfig(try_download_gcs=False,
-                                                   compute_stats=tfds.download.ComputeStatsMode.SKIP)
-    try:
-      builder.download_and_prepare(download_config=download_config)
-    except OSError:
-      # Another process sharing data_dir (multi-host) renamed its identical copy into place first.
-      if not _is_prepared(data_dir, name):
-        raise
-  return name
-
-
-def _is_prepared(data_dir: str, name: str) -> bool:
-  """What tfds itself checks: the final (renamed) version folder holds dataset_info.json."""
-  version_dir = os.path.join(data_dir, name, str(GeneratedDetection.VERSION))
-  return os.path.exists(os.path.join(version_dir, 'dataset_info.json'))
+  return generated_images.prepare_once(GeneratedDetection, config, data_dir)

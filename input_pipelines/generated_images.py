@@ -120,21 +120,27 @@ def ensure_generated_images(data_dir: str, *, num_classes: int, image_size: int,
   interrupted run never leaves a half dataset that reads as prepared.
   """
   config = make_config(num_classes=num_classes, image_size=image_size, num_train=num_train, num_eval=num_eval)
-  name = f'{GeneratedImages.name}/{config.name}'
-  if not _is_prepared(data_dir, name):
-    builder = GeneratedImages(config=config, data_dir=os.fspath(data_dir), file_format='array_record')
+  return prepare_once(GeneratedImages, config, data_dir)
+
+
+def prepare_once(builder_class, config, data_dir: str) -> str:
+  """Writes a generated dataset unless it is already prepared; returns its name for `tfds.data_source`.
+  Shared by the generated datasets; safe when several processes share data_dir."""
+  name = f'{builder_class.name}/{config.name}'
+  if not _is_prepared(data_dir, name, builder_class.VERSION):
+    builder = builder_class(config=config, data_dir=os.fspath(data_dir), file_format='array_record')
     download_config = tfds.download.DownloadConfig(try_download_gcs=False,
                                                    compute_stats=tfds.download.ComputeStatsMode.SKIP)
     try:
       builder.download_and_prepare(download_config=download_config)
     except OSError:
       # Another process sharing data_dir (multi-host) renamed its identical copy into place first.
-      if not _is_prepared(data_dir, name):
+      if not _is_prepared(data_dir, name, builder_class.VERSION):
         raise
   return name
 
 
-def _is_prepared(data_dir: str, name: str) -> bool:
+def _is_prepared(data_dir: str, name: str, version) -> bool:
   """What tfds itself checks: the final (renamed) version folder holds dataset_info.json."""
-  version_dir = os.path.join(data_dir, name, str(GeneratedImages.VERSION))
+  version_dir = os.path.join(data_dir, name, str(version))
   return os.path.exists(os.path.join(version_dir, 'dataset_info.json'))
