@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.core import constants as tfds_constants
 
+from input_pipelines import checked_source
 from suite.errors import UserError
 
 # ImageNet channel statistics in 0-255 units (MLPerf ResNet reference).
@@ -28,10 +29,11 @@ EVAL_CROP_FRACTION = 0.875  # Resize the shorter side to image_size / 0.875, the
 # --- Opening a split ---
 
 
-def open_split(dataset: str, split: str, data_dir: str | None) -> Any:
+def open_split(dataset: str, split: str, data_dir: str | None, skip_bad_records: bool = False) -> Any:
   """A random-access source (len, [i]) over one split; images stay encoded bytes, labels are ints.
 
-  Raises UserError with the `tfds build` command when the dataset or split is not prepared in data_dir.
+  Raises UserError with the `tfds build` command when the dataset or split is not prepared in data_dir. A corrupt
+  record raises CorruptRecordError naming its file when read (or, with skip_bad_records, is replaced and counted).
   """
   where = data_dir or os.environ.get('TFDS_DATA_DIR') or tfds_constants.DATA_DIR
   fix = (f'prepare it with `tfds build {dataset} --data_dir={where} --file_format=array_record` '
@@ -46,10 +48,11 @@ def open_split(dataset: str, split: str, data_dir: str | None) -> Any:
     raise UserError(missing)
   try:
     # Skip decoding so that we decode with PIL ourselves (JPEG draft mode: decode big images at reduced size).
-    return builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+    source = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
   except Exception as e:  # Unknown split (ValueError), TFRecord-only files (NotImplementedError), ...
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise UserError(f'dataset {dataset!r} (split {split!r}) in {where} cannot be read ({reason}): {fix}') from None
+  return checked_source.CheckedSource(source, dataset, split, data_dir, skip_bad_records)
 
 
 # --- Per-image preprocessing (numpy/PIL; pure functions of their inputs) ---

@@ -3,6 +3,8 @@
 import logging
 
 from mlperf_logging.mllog import constants
+
+from suite import outputs
 from mlperf_logging.mllog import mllog as mllog_impl
 
 KEYS = constants
@@ -21,7 +23,7 @@ class MLPerfLog:
     logger.propagate = False  # Keep MLLOG lines out of absl's stderr: the file is the record.
     logger.setLevel(logging.INFO)
     if self.enabled:
-      self._handler = logging.FileHandler(path)
+      self._handler = outputs.LogFileHandler(path)  # Disk full: one clear error, not a silently lost line.
       self._handler.setFormatter(logging.Formatter('%(message)s'))
       logger.addHandler(self._handler)
     # stack offset 3: the mllog call site reported in metadata is the caller of this wrapper.

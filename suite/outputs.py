@@ -60,6 +60,12 @@ def disk_full_error(path: str, error: BaseException) -> UserError | None:
   return None
 
 
+def _raise_disk_full(path: str, error: BaseException) -> None:
+  user_error = disk_full_error(path, error)
+  if user_error is not None:
+    raise user_error from None
+
+
 @contextlib.contextmanager
 def on_disk_full(path: str) -> Iterator[None]:
   """Turns a disk-full error raised inside the block into one clear line about `path` (e.g. around checkpoint
@@ -69,10 +75,8 @@ def on_disk_full(path: str) -> Iterator[None]:
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    user_error = disk_full_error(path, e)
-    if user_error is None:
-      raise
-    raise user_error from None
+    _raise_disk_full(path, e)
+    raise
 
 
 class _AppendFile:
@@ -93,7 +97,8 @@ class _AppendFile:
     except OSError as e:
       with contextlib.suppress(OSError):  # Not a regular file (e.g. /dev/full): nothing to roll back.
         os.ftruncate(self._fd, start)
-      raise disk_full_error(self.path, e) or e from None
+      _raise_disk_full(self.path, e)
+      raise
 
   def close(self) -> None:
     if self._fd is not None:
@@ -148,4 +153,5 @@ def write_summary(path: str, summary: dict) -> None:
   except OSError as e:
     with contextlib.suppress(OSError):
       os.remove(tmp)
-    raise disk_full_error(path, e) or e from None
+    _raise_disk_full(path, e)
+    raise

@@ -194,7 +194,8 @@ class PeriodicCheckpointer:
 
   def save(self, step: int, state: TrainState) -> None:
     start = self._clock.now()
-    checkpoint.save(self._manager, step, state, self._meta_fn(step))
+    with outputs.on_disk_full(str(self._manager.directory)):
+      checkpoint.save(self._manager, step, state, self._meta_fn(step))
     self._last_save = self._clock.now()
     self.seconds += self._last_save - start
 
@@ -296,7 +297,8 @@ def run(workload: Workload, options: RunOptions) -> dict:
   finally:
     train_batches.close()
     monitor.stop_profile()
-    manager.wait_until_finished()
+    with outputs.on_disk_full(str(manager.directory)):
+      manager.wait_until_finished()
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
   metadata = {} if status == 'success' else {'reason': reason}
@@ -304,8 +306,9 @@ def run(workload: Workload, options: RunOptions) -> dict:
   log.close()
   writer.close()
   if options.save_final_checkpoint and reason != 'preempted':  # After run_stop: never inside the timed region.
-    checkpoint.save(manager, step, state, meta_fn(step) | {'final': True})
-    manager.wait_until_finished()
+    with outputs.on_disk_full(str(manager.directory)):
+      checkpoint.save(manager, step, state, meta_fn(step) | {'final': True})
+      manager.wait_until_finished()
   if clock.compiles_after_run_start:
     logging.warning('%d XLA compilation(s) happened inside the timed region: the time to train includes them',
                     clock.compiles_after_run_start)

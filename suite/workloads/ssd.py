@@ -38,6 +38,7 @@ def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
   c.max_boxes = 100
   c.augment = 'flip'
   c.data_threads = 16
+  c.skip_bad_records = False  # True: replace an undecodable record by the next good one, and count it.
   c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0))
   c.model = ml_collections.ConfigDict(dict(
       stage_sizes=(3, 4, 6, 3), width=64, groups=32, width_per_group=4, fpn_channels=256, head_convs=4,
@@ -130,8 +131,8 @@ class Workload(workload_lib.Workload):
       name = generated_detection.ensure_generated_detection(
           data_dir, num_classes=c.num_classes, image_size=g.image_size, num_train=g.num_train,
           num_eval=g.num_eval)
-    self._train_source = image_classification.open_split(name, c.train_split, data_dir)
-    self._eval_source = image_classification.open_split(name, c.eval_split, data_dir)
+    self._train_source = image_classification.open_split(name, c.train_split, data_dir, c.skip_bad_records)
+    self._eval_source = image_classification.open_split(name, c.eval_split, data_dir, c.skip_bad_records)
 
   @property
   def num_train_examples(self):

@@ -1,0 +1,204 @@
+"""Faults end in one clear line and lose nothing: corrupt dataset records, a full disk, a corrupt checkpoint."""
+
+import errno
+import json
+import logging
+import os
+import signal
+
+import pytest
+
+from input_pipelines import checked_source, generated_images
+from input_pipelines import image_classification as pipeline
+from suite import faults, outputs
+from suite.errors import UserError
+from suite.workloads import resnet
+
+SEED = 11
+
+
+@pytest.fixture(scope='module')
+def dataset(data_dir):
+  """(name, data_dir) of the tiny ResNet's generated dataset, written once into the shared data folder."""
+  c = resnet.get_config('tiny')
+  name = generated_images.ensure_generated_images(
+      data_dir, num_classes=c.num_classes, image_size=c.generated.image_size, num_train=c.generated.num_train,
+      num_eval=c.generated.num_eval)
+  return name, data_dir
+
+
+@pytest.fixture(scope='module')
+def runner(tmp_path_factory, dataset):
+  """Tiny runs sharing one compilation cache, so only the first run of this module pays the compile."""
+  work = tmp_path_factory.mktemp('fault-runs')
+  return faults.Runner(str(work), dataset[1], SEED, max_epochs=1, checkpoint_every_steps=8,
+                       cache_dir=str(work / 'jax_cache'))
+
+
+def _copy(dataset, tmp_path):
+  name, data_dir = dataset
+  copy = faults.copy_dataset(data_dir, str(tmp_path / 'tfds'))
+  (path,) = faults.train_files(copy)
+  return name, copy, path
+
+
+# --- Corrupt dataset records ---
+
+
+def test_unreadable_record_names_its_file_and_can_be_skipped(dataset, tmp_path):
+  name, data_dir, path = _copy(dataset, tmp_path)
+  image = pipeline.open_split(name, 'train', data_dir)[100]['image']
+  with open(path, 'rb') as f:
+    data = bytearray(f.read())
+  middle = data.find(image) + len(image) // 2
+  data[middle:middle + 16] = bytes(16)  # Trips the Riegeli chunk hash: a read error, not a decode error.
+  with open(path, 'wb') as f:
+    f.write(data)
+
+  source = pipeline.open_split(name, 'train[10:]', data_dir)  # A sliced split: index 90 is record 100 of the file.
+  assert source[89]['label'] is not None
+  with pytest.raises(checked_source.CorruptRecordError) as raised:
+    source[90]
+  message = str(raised.value)
+  assert f'record 90 of {name}/train[10:]' in message and 'record 100 in that file' in message
+  assert path in message and 'cannot be read' in message and 'skip_bad_records' in message
+  assert '\n' not in message and isinstance(raised.value, UserError)
+
+  skipping = pipeline.open_split(name, 'train[10:]', data_dir, skip_bad_records=True)
+  assert skipping[90]['file_name'] == source[91]['file_name']  # The next good record stands in.
+  skipping[90]
+  assert skipping.num_bad_records == 1
+
+
+def test_corrupt_image_in_a_run_is_one_line_and_keeps_the_files(dataset, runner, tmp_path):
+  _, data_dir, path = _copy(dataset, tmp_path)
+  # A record the seeded stream reads late in epoch 1 (step ~20 of 32), after files have been written.
+  index = faults.record_at_stream_position(SEED, faults.STEPS_PER_EPOCH * faults.GLOBAL_BATCH,
+                                           20 * faults.GLOBAL_BATCH + 5)
+  faults.corrupt_image_record(path, index)
+  out = str(tmp_path / 'run')
+  code, stderr = runner.run(out, data_dir=data_dir)
+  assert code == 2, stderr[-3000:]
+  assert faults.clean_error(stderr), stderr[-3000:]
+  (line,) = faults.error_lines(stderr)
+  assert f'record {index} of' in line and f'{path}, record {index} in that file' in line
+  assert 'cannot be decoded' in line and 'PNG' in line
+  # Past run_start: the log and the metrics written so far are there and whole; no summary pretends it finished.
+  assert faults.data_lost({}, out) == []
+  assert 'run_start' in open(os.path.join(out, outputs.RESULT_LOG), encoding='utf-8').read()
+  assert os.path.getsize(os.path.join(out, outputs.METRICS)) > 0
+  assert not os.path.exists(os.path.join(out, outputs.SUMMARY))
+
+
+# --- Disk full ---
+
+
+def _enospc(*args, **kwargs):
+  del args, kwargs
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_summary_on_a_full_disk_keeps_the_old_one_and_no_temp(tmp_path, monkeypatch):
+  path = str(tmp_path / outputs.SUMMARY)
+  outputs.write_summary(path, {'reason': 'preempted'})
+  old = open(path, encoding='utf-8').read()
+  os.symlink('/dev/full', path + '.tmp')  # The kernel's own ENOSPC, at the write.
+  with pytest.raises(UserError, match='disk full') as raised:
+    outputs.write_summary(path, {'reason': 'target_reached', 'pad': 'x' * 10000})
+  assert path in str(raised.value) and '\n' not in str(raised.value)
+  assert open(path, encoding='utf-8').read() == old and not os.path.lexists(path + '.tmp')
+
+  monkeypatch.setattr(outputs.os, 'replace', _enospc)  # ENOSPC at the rename (e.g. a full directory).
+  with pytest.raises(UserError, match='disk full'):
+    outputs.write_summary(path, {'reason': 'target_reached'})
+  assert open(path, encoding='utf-8').read() == old and not os.path.lexists(path + '.tmp')
+
+
+def test_other_write_errors_still_remove_the_temp_file(tmp_path, monkeypatch):
+  path = str(tmp_path / outputs.SUMMARY)
+  monkeypatch.setattr(outputs.os, 'replace', lambda *a: (_ for _ in ()).throw(PermissionError(errno.EACCES, 'no')))
+  with pytest.raises(PermissionError):
+    outputs.write_summary(path, {})
+  assert not os.path.lexists(path + '.tmp') and not os.path.exists(path)
+
+
+def test_metrics_on_a_full_disk_keep_every_whole_line(tmp_path, monkeypatch):
+  path = str(tmp_path / outputs.METRICS)
+  writer = outputs.MetricsWriter(path)
+  writer.write({'kind': 'train', 'step': 8})
+  writer.write({'kind': 'train', 'step': 16})
+  before = open(path, encoding='utf-8').read()
+  real_write = os.write
+
+  def half_then_full(fd, data):  # A nearly full disk: part of the line goes out, then ENOSPC.
+    monkeypatch.setattr(outputs.os, 'write', _enospc)
+    return real_write(fd, data[:len(data) // 2])
+
+  monkeypatch.setattr(outputs.os, 'write', half_then_full)
+  with pytest.raises(UserError, match='disk full') as raised:
+    writer.write({'kind': 'eval', 'step': 32, 'top1': 0.5})
+  monkeypatch.undo()
+  writer.close()
+  assert path in str(raised.value) and '\n' not in str(raised.value)
+  assert open(path, encoding='utf-8').read() == before  # The half line was rolled back; nothing earlier lost.
+
+  full = outputs.MetricsWriter('/dev/full')
+  with pytest.raises(UserError, match='disk full.*/dev/full'):
+    full.write({'kind': 'train'})
+  full.close()
+
+
+def test_mlperf_log_handler_raises_on_a_full_disk(tmp_path):
+  logger = logging.getLogger('test_faults.mllog')
+  logger.propagate = False
+  handler = outputs.LogFileHandler('/dev/full')
+  logger.addHandler(handler)
+  try:
+    with pytest.raises(UserError, match='disk full'):  # logging.FileHandler would print a traceback and go on.
+      logger.warning(':::MLLOG {"key": "run_start"}')
+  finally:
+    logger.removeHandler(handler)
+    handler.close()
+  path = str(tmp_path / outputs.RESULT_LOG)
+  handler = outputs.LogFileHandler(path)
+  logger.addHandler(handler)
+  logger.warning('line one')
+  logger.removeHandler(handler)
+  handler.close()
+  assert open(path, encoding='utf-8').read() == 'line one\n'
+
+
+def test_disk_full_inside_a_wrapped_error_becomes_one_line():
+  with pytest.raises(UserError, match='disk full: cannot write /ckpt'):
+    with outputs.on_disk_full('/ckpt'):
+      try:
+        _enospc()
+      except OSError as e:
+        raise RuntimeError('async save failed') from e  # How Orbax's background writer reports it.
+  with pytest.raises(ValueError):
+    with outputs.on_disk_full('/ckpt'):
+      raise ValueError('not a disk problem')
+
+
+# --- Corrupt checkpoint ---
+
+
+@pytest.mark.slow
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(runner, tmp_path):
+  out = str(tmp_path / 'run')
+  proc = runner.start(out)
+  faults.wait_for_checkpoint(out, 16, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  faults.stderr_of(proc)
+  corrupted = faults.corrupt_checkpoint(out)
+  assert corrupted >= 16
+  before = faults.snapshot(out)
+  code, stderr = runner.run(out, '--resume')
+  assert code in (0, 1), stderr[-3000:]
+  warnings = [line for line in stderr.splitlines() if 'cannot be read' in line]
+  assert len(warnings) == 1 and f'/{corrupted} cannot be read' in warnings[0], warnings
+  summary = json.loads(open(os.path.join(out, outputs.SUMMARY), encoding='utf-8').read())
+  assert summary['resumed_from_step'] == corrupted - 8 and summary['train_steps'] == faults.STEPS_PER_EPOCH
+  assert summary['final_metric'] is not None
+  assert faults.data_lost(before, out) == []
