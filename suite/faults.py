@@ -22,13 +22,17 @@ from absl import app, flags
 from suite import outputs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('trials', 1, 'How many times to try each fault (each at its own random step).')
-flags.DEFINE_string('data_dir', None, 'TFDS data folder with (or to receive) the generated tiny dataset '
-                    '(default: a folder inside --work_dir).')
-flags.DEFINE_string('work_dir', None, 'Where the runs and faults.json go (default: a new temporary folder).')
-flags.DEFINE_integer('seed', 11, 'Run seed of every run (the same seed must give the same final metric).')
-flags.DEFINE_integer('max_epochs', 1, 'Epochs per run (32 steps each at the tiny scale).')
-flags.DEFINE_integer('checkpoint_every_steps', 8, 'Checkpoint cadence of the runs.')
+
+
+def define_flags() -> None:
+  """Registered only when run as a program, so importing this module (tests) defines no global flags."""
+  flags.DEFINE_integer('trials', 1, 'How many times to try each fault (each at its own random step).')
+  flags.DEFINE_string('data_dir', None, 'TFDS data folder with (or to receive) the generated tiny dataset '
+                      '(default: a folder inside --work_dir).')
+  flags.DEFINE_string('work_dir', None, 'Where the runs and faults.json go (default: a new temporary folder).')
+  flags.DEFINE_integer('seed', 11, 'Run seed of every run (the same seed must give the same final metric).')
+  flags.DEFINE_integer('max_epochs', 1, 'Epochs per run (32 steps each at the tiny scale).')
+  flags.DEFINE_integer('checkpoint_every_steps', 8, 'Checkpoint cadence of the runs.')
 
 STEPS_PER_EPOCH = 32  # resnet tiny: 4,096 examples / batch 128.
 GLOBAL_BATCH = 128
@@ -363,4 +367,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

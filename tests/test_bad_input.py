@@ -64,3 +64,10 @@ def test_bad_enum_flags(args):
 def test_unknown_variant():
   line = _error_line(run_suite('--workload=resnet', '--variant=ssd300'))
   assert "unknown variant 'ssd300' for workload resnet" in line
+
+
+@pytest.mark.parametrize('flag,message', [('--mesh=data:3', 'has 3 devices but the job has 1'),
+                                          ('--profile_steps=5:2', 'bad --profile_steps=5:2')])
+def test_bad_mesh_and_profile_flags(flag, message):
+  line = _error_line(run_suite('--workload=resnet', '--scale=tiny', '--config.dataset=synthetic', flag))
+  assert message in line

@@ -23,7 +23,7 @@ def _mllog(path):
 def test_tiny_resnet_reaches_target_with_a_compliant_log(tmp_path, data_dir):
   out = tmp_path / 'run'
   result = run_suite('--workload=resnet', '--scale=tiny', '--seed=7', f'--data_dir={data_dir}',
-                     f'--output_dir={out}')
+                     f'--output_dir={out}', '--profile_steps=3:5')
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((out / 'summary.json').read_text())
   assert SUMMARY_FIELDS <= set(summary)
@@ -53,6 +53,10 @@ def test_tiny_resnet_reaches_target_with_a_compliant_log(tmp_path, data_dir):
   assert evals and evals[-1]['top1'] == summary['final_metric']
   assert any(m['kind'] == 'train' for m in metrics)
   assert 'success' in result.stdout and str(out) in result.stdout  # The human line.
+  traces = [f for _, _, files in os.walk(out / 'profile') for f in files if f.endswith('.xplane.pb')]
+  assert traces  # --profile_steps wrote a jax.profiler trace.
+  goodput = summary['goodput']
+  assert 0 < goodput['goodput'] < 1 and goodput['eval_s'] == summary['eval_s']
 
 
 @pytest.mark.slow
