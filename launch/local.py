@@ -15,10 +15,14 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('num_processes', 2, 'Processes to start.')
-flags.DEFINE_integer('devices_per_process', 4, 'Fake CPU devices per process.')
-flags.DEFINE_integer('port', 0, 'Coordinator port on 127.0.0.1 (0: a free one).')
-flags.DEFINE_integer('grace_s', 60, 'After a process fails, how long the others get to exit by themselves.')
+
+
+def define_flags() -> None:
+  """Registered only when run as a program: importing this module (tests, bench) defines no global flags."""
+  flags.DEFINE_integer('num_processes', 2, 'Processes to start.')
+  flags.DEFINE_integer('devices_per_process', 4, 'Fake CPU devices per process.')
+  flags.DEFINE_integer('port', 0, 'Coordinator port on 127.0.0.1 (0: a free one).')
+  flags.DEFINE_integer('grace_s', 60, 'After a process fails, how long the others get to exit by themselves.')
 
 
 def free_port() -> int:
@@ -64,4 +68,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
