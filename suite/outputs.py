@@ -15,10 +15,13 @@ METRICS = 'metrics.jsonl'
 SUMMARY = 'summary.json'
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool = False) -> None:
-  """Creates the folder; refuses to clobber a run's files unless asked to (--overwrite), and to resume a run
-  that already finished."""
+def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool = False, resumable: bool = False) -> None:
+  """Creates the folder; refuses to clobber a run's files unless asked to (--overwrite), to resume a run that
+  already finished, and to resume a started run that left no checkpoint (its log cannot be continued)."""
   existing = [name for name in (RESULT_LOG, SUMMARY) if os.path.exists(os.path.join(output_dir, name))]
+  if resume and existing and not resumable:
+    raise UserError(f'{output_dir} holds a started run but no readable checkpoint to resume from: restart it with '
+                    '--overwrite (add --checkpoint_every_steps=N so the next one can be resumed)')
   if resume:
     if SUMMARY in existing and _summary_reason(output_dir) != 'preempted':
       raise UserError(f'{output_dir} holds a finished run (summary.json): nothing to resume; use a new --output_dir')

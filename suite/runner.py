@@ -220,7 +220,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
   mesh = sharding.make_mesh(devices, options.mesh, options.dcn_mesh)
   resumable = options.resume and checkpoint.has_checkpoints(options.output_dir)
   if is_main:
-    outputs.prepare_output_dir(options.output_dir, options.overwrite, options.resume)
+    outputs.prepare_output_dir(options.output_dir, options.overwrite, options.resume, resumable)
   path = lambda name: os.path.join(options.output_dir, name) if is_main else None  # noqa: E731
   log = MLPerfLog(path(outputs.RESULT_LOG), enabled=is_main)
   writer = outputs.MetricsWriter(path(outputs.METRICS))
@@ -267,17 +267,23 @@ def run(workload: Workload, options: RunOptions) -> dict:
       compiled.train_batch_sharding)
   status, reason, metric = 'aborted', 'max_epochs', None
   epoch = step // steps_per_epoch
+  # A run resumed from a checkpoint taken at a block's last step may have died before that block's eval.
+  eval_due = bool(resumed_from) and step == epoch * steps_per_epoch > 0 and (
+      epoch % workload.eval_every_epochs == 0 or epoch >= workload.max_epochs)
   try:
-    while epoch < workload.max_epochs:
-      # Blocks end on the eval cadence; a run resumed mid-block first finishes its block.
-      block_end = min((epoch // workload.eval_every_epochs + 1) * workload.eval_every_epochs, workload.max_epochs)
-      first_epoch = epoch + 1
-      clock.block_start(first_epoch, block_end - epoch)
-      monitor.start_interval(step)
-      num_steps = block_end * steps_per_epoch - step
-      state = train_steps(compiled.train, state, train_batches, num_steps, step, monitor, periodic)
-      step, epoch = step + num_steps, block_end
-      clock.block_stop(first_epoch, state)
+    while epoch < workload.max_epochs or eval_due:
+      if not eval_due:
+        # Blocks end on the eval cadence; a run resumed mid-block first finishes its block.
+        block_end = min((epoch // workload.eval_every_epochs + 1) * workload.eval_every_epochs,
+                        workload.max_epochs)
+        first_epoch = epoch + 1
+        clock.block_start(first_epoch, block_end - epoch)
+        monitor.start_interval(step)
+        num_steps = block_end * steps_per_epoch - step
+        state = train_steps(compiled.train, state, train_batches, num_steps, step, monitor, periodic)
+        step, epoch = step + num_steps, block_end
+        clock.block_stop(first_epoch, state)
+      eval_due = False
       clock.eval_start(epoch)
       metric = evaluate(workload, compiled, state)
       clock.eval_stop(epoch)

@@ -71,3 +71,11 @@ def test_unknown_variant():
 def test_bad_mesh_and_profile_flags(flag, message):
   line = _error_line(run_suite('--workload=resnet', '--scale=tiny', '--config.dataset=synthetic', flag))
   assert message in line
+
+
+def test_resume_without_a_checkpoint_keeps_the_started_run(tmp_path):
+  (tmp_path / 'result_0.txt').write_text('started run\n')
+  line = _error_line(run_suite('--workload=resnet', '--scale=tiny', '--config.dataset=synthetic', '--resume',
+                               f'--output_dir={tmp_path}'))
+  assert 'no readable checkpoint to resume from' in line
+  assert (tmp_path / 'result_0.txt').read_text() == 'started run\n'

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 
 from tests.conftest import REPO, check_log, run_suite
 
-TINY = ['--workload=resnet', '--scale=tiny', '--seed=11', '--config.max_epochs=2', '--checkpoint_every_steps=8']
+TINY = ['--workload=resnet', '--scale=tiny', '--seed=11', '--config.max_epochs=2', '--checkpoint_every_steps=8',
+        '--keep_checkpoints=10']
 
 
 def _start(out, data_dir, *extra):
@@ -82,3 +84,21 @@ def test_sigterm_checkpoints_and_stops_as_preempted(tmp_path, data_dir, uninterr
   assert result.returncode in (0, 1), result.stderr[-3000:]
   resumed = json.loads((out / 'summary.json').read_text())
   assert resumed['final_metric'] == json.loads((uninterrupted / 'summary.json').read_text())['final_metric']
+
+
+@pytest.mark.slow
+def test_resume_at_a_block_boundary_runs_the_missed_eval(tmp_path, data_dir, uninterrupted):
+  """A checkpoint taken at the last step of an epoch precedes that epoch's eval: resuming from it evaluates first."""
+  out = tmp_path / 'run'
+  shutil.copytree(uninterrupted, out)
+  os.remove(out / 'summary.json')
+  for step_dir in (out / 'checkpoints').iterdir():
+    if step_dir.name.isdigit() and int(step_dir.name) > 32:  # Died right after the step-32 checkpoint.
+      shutil.rmtree(step_dir)
+  result = run_suite(*TINY, f'--data_dir={data_dir}', f'--output_dir={out}', '--resume')
+  assert result.returncode in (0, 1), result.stderr[-3000:]
+  resumed = json.loads((out / 'summary.json').read_text())
+  assert resumed['resumed_from_step'] == 32
+  assert resumed['final_metric'] == json.loads((uninterrupted / 'summary.json').read_text())['final_metric']
+  records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines() if line.strip()]
+  assert [r['epoch'] for r in records if r['kind'] == 'eval'] == [1, 2, 1, 2]  # Original run, then the resumed one.
