@@ -1,6 +1,7 @@
 """A real 2-process job (2 x 4 CPU devices on 127.0.0.1) matches 1 process x 8 devices, and logs compliantly."""
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -72,5 +73,10 @@ def test_a_dead_peer_stops_the_others_within_the_timeout(tmp_path, data_dir):
   killed = time.monotonic()
   _, stderr = procs[0].communicate(timeout=120)
   assert time.monotonic() - killed < 10 + 30  # The timeout, plus slack for a loaded machine.
-  assert procs[0].returncode == 3
-  assert 'lost contact with another process' in stderr.strip().splitlines()[-1]
+  # Two clear endings race: the survivor's next collective fails (our one line, exit 3), or JAX's heartbeat
+  # monitor notices first and terminates the process with its own message (SIGABRT) after the timeout.
+  if procs[0].returncode == 3:
+    assert 'lost contact with another process' in stderr.strip().splitlines()[-1]
+  else:
+    assert procs[0].returncode == -signal.SIGABRT
+    assert 'another task died' in stderr
