@@ -5,14 +5,12 @@ import io
 from collections.abc import Iterator
 from typing import Any
 
-import grain
 import numpy as np
 from PIL import Image
 
 # Shared with the classification pipeline: the same normalisation, the same draft-mode crop-and-resize, the same
 # batch-size check.
-from input_pipelines.image_classification import (crop_resize, global_train_stream, local_batch_size, normalize,
-                                                  num_eval_batches)
+from input_pipelines.image_classification import crop_resize, global_eval_stream, global_train_stream, normalize
 from suite.errors import UserError
 
 AUGMENTATIONS = ('flip', 'ssd_crop')
@@ -180,12 +178,9 @@ def eval_batches(source, *, global_batch_size: int, image_size: int, max_boxes: 
   max_boxes is unused: eval boxes come from `coco_ground_truth`; it is accepted so train and eval share sizes.
   """
   del max_boxes
-  batch_size = local_batch_size(global_batch_size, process_count)
-  num_positions = num_eval_batches(len(source), global_batch_size) * global_batch_size
-  ds = grain.MapDataset.range(num_positions).slice(slice(process_index, None, process_count))
-  ds = ds.map(functools.partial(_eval_example, source=source, image_size=image_size))
-  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
-  return iter(ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True))
+  return global_eval_stream(functools.partial(_eval_example, source=source, image_size=image_size), len(source),
+                            global_batch_size=global_batch_size, process_index=process_index,
+                            process_count=process_count, num_threads=num_threads)
 
 
 # --- Ground truth for pycocotools ---

@@ -29,6 +29,11 @@ EVAL_CROP_FRACTION = 0.875  # Resize the shorter side to image_size / 0.875, the
 # --- Opening a split ---
 
 
+def resolve_data_dir(data_dir: str | None) -> str:
+  """--data_dir, else $TFDS_DATA_DIR, else TFDS's own default (~/tensorflow_datasets)."""
+  return os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
+
+
 def open_split(dataset: str, split: str, data_dir: str | None, skip_bad_records: bool = False) -> Any:
   """A random-access source (len, [i]) over one split; images stay encoded bytes, labels are ints.
 
@@ -203,10 +208,19 @@ def eval_batches(source, *, global_batch_size: int, image_size: int, process_ind
                  process_count: int = 1, num_threads: int = 8) -> Iterator[dict]:
   """One pass over the split in order: {'image', 'label', 'mask': f32[B]} with fixed B; the last global batch is
   padded with mask-0 examples, and each real example lands on exactly one process."""
+  return global_eval_stream(functools.partial(_eval_example, source=source, image_size=image_size), len(source),
+                            global_batch_size=global_batch_size, process_index=process_index,
+                            process_count=process_count, num_threads=num_threads)
+
+
+def global_eval_stream(example_at, num_examples: int, *, global_batch_size: int, process_index: int,
+                       process_count: int, num_threads: int) -> Iterator[dict]:
+  """One in-order pass shared by the pipelines: `example_at(position)` makes the example (or a mask-0 pad past
+  the end); positions are padded to whole global batches and dealt out so each lands on exactly one process."""
   batch_size = local_batch_size(global_batch_size, process_count)
-  num_positions = num_eval_batches(len(source), global_batch_size) * global_batch_size
+  num_positions = num_eval_batches(num_examples, global_batch_size) * global_batch_size
   ds = grain.MapDataset.range(num_positions).slice(slice(process_index, None, process_count))
-  ds = ds.map(functools.partial(_eval_example, source=source, image_size=image_size))
+  ds = ds.map(example_at)
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
   return iter(ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True))
 

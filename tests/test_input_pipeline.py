@@ -233,3 +233,12 @@ def test_synthetic_batches_repeat_one_local_batch():
   assert first['image'].shape == (4, 16, 16, 3) and first['image'].dtype == np.float32
   assert first['label'].dtype == np.int32 and first['label'].max() < 10
   np.testing.assert_array_equal(first['image'], second['image'])
+
+
+def test_data_dir_defaults_to_tfds_data_dir_then_home(monkeypatch):
+  """The README's main command passes no --data_dir: it must resolve, not crash."""
+  monkeypatch.setenv('TFDS_DATA_DIR', '/data/tfds')
+  assert pipeline.resolve_data_dir(None) == '/data/tfds'
+  assert pipeline.resolve_data_dir('/x') == '/x'
+  monkeypatch.delenv('TFDS_DATA_DIR')
+  assert pipeline.resolve_data_dir(None) == os.path.expanduser('~/tensorflow_datasets')

@@ -86,6 +86,7 @@ class Workload(workload_lib.Workload):
   # --- data ---
   def open_data(self, data_dir):
     c = self.config
+    data_dir = pipeline.resolve_data_dir(data_dir)
     if c.dataset == 'synthetic':
       return
     name = c.dataset

@@ -125,6 +125,7 @@ class Workload(workload_lib.Workload):
   # --- data ---
   def open_data(self, data_dir):
     c = self.config
+    data_dir = image_classification.resolve_data_dir(data_dir)
     name = c.dataset
     if name == 'generated':
       g = c.generated
