@@ -20,6 +20,8 @@ def check_overrides(argv: list[str], config, where: str) -> None:
   for arg in argv[1:]:
     if arg.startswith('--config.'):
       key = arg[len('--config.'):].split('=', 1)[0]
+      if key == 'variant':
+        raise UserError(f'the variant of {where} is chosen with --variant=NAME, not --config.variant')
       if key not in known:
         group = [k for k in known if k.startswith(key + '.')]
         hint = (f"'{key}' is a group: set one of {', '.join(group)}" if group
@@ -43,3 +45,28 @@ def parse_with_overrides(argv: list[str], config, where: str, flag_values=flags.
 def _one_line(message: str) -> str:
   """User text (a key, a value) may hold newlines; the error must stay one line."""
   return ' '.join(message.split('\n'))
+
+
+def changed_keys(reference, config) -> list[str]:
+  """Leaf keys whose value in `config` differs from `reference` (same structure)."""
+  def value(c, key):
+    for part in key.split('.'):
+      c = c[part]
+    return tuple(c) if isinstance(c, (list, tuple)) else c
+  return [key for key in leaf_keys(reference) if value(reference, key) != value(config, key)]
+
+
+def check_closed(workload_cls, reference, config, where: str) -> None:
+  """The closed division: a field the rules fix keeps the reference config's value, and the free fields keep
+  within the rules' constraints; otherwise one UserError line naming the field and what closed runs may change."""
+  fixed = set(workload_cls.closed_fixed_fields(reference))
+  rules = f'the {workload_cls.benchmark} {workload_cls.ruleset} closed rules'
+  broken = [key for key in changed_keys(reference, config) if key in fixed]
+  if broken:
+    free = ', '.join(workload_cls.closed_free_fields) or 'nothing'
+    raise UserError(f"--division=closed: {rules} fix {', '.join(broken)}; a closed run may change only {free} "
+                    '(or run with --division=open)')
+  violations = workload_cls.closed_violations(config)
+  if violations:
+    raise UserError(f"--division=closed: {'; '.join(violations)}, which {rules} do not allow "
+                    '(or run with --division=open)')

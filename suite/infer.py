@@ -103,7 +103,7 @@ def build(workload, options: InferOptions, checkpoint: str):
   import jax  # pylint: disable=import-outside-toplevel
   from suite import infer_model, sharding  # pylint: disable=import-outside-toplevel
   from suite.qsl import SampleLibrary  # pylint: disable=import-outside-toplevel
-  model = infer_model.MLPERF_MODEL[options.workload]
+  model = infer_model.loadgen_model(workload)
   settings = infer_loadgen.build_settings(model, options.scenario, options.mode, options.user_conf,
                                           options.overrides, workload.num_eval_examples)
   mesh = sharding.make_mesh()
@@ -112,7 +112,7 @@ def build(workload, options: InferOptions, checkpoint: str):
   sizes = infer_model.batch_sizes_for(options.scenario, settings.multi_stream_samples_per_query, policy.max_batch)
   predictor = infer_model.compile_predictor(workload, mesh, params, model_state, sizes)
   library = SampleLibrary.for_workload(workload, settings.performance_sample_count_override)
-  finish = lambda out, n: infer_model.to_responses(workload.benchmark, jax.device_get(out), n)  # noqa: E731
+  finish = lambda out, n: workload.encode_responses(jax.device_get(out), n)  # noqa: E731
   return settings, predictor, library, policy, finish
 
 
@@ -139,6 +139,7 @@ def run(workload, options: InferOptions) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from suite import infer_accuracy, infer_model, outputs  # pylint: disable=import-outside-toplevel
+  infer_model.loadgen_model(workload)  # A variant without a LoadGen benchmark fails before any work.
   workload.open_data(options.data_dir)
   checkpoint = checkpoint_dir(options)
   settings, predictor, library, policy, finish = build(workload, options, checkpoint)
@@ -149,7 +150,7 @@ def run(workload, options: InferOptions) -> dict:
   run_batch = lambda images: finish(predictor(images), images.shape[0])  # noqa: E731
   measured = {}
   if options.mode == 'performance':
-    keep = infer_loadgen.user_conf_keys(options.user_conf, infer_model.MLPERF_MODEL[options.workload],
+    keep = infer_loadgen.user_conf_keys(options.user_conf, infer_model.loadgen_model(workload),
                                         options.scenario)
     measured = infer_loadgen.calibrate(
         settings, options.scenario, lambda b: infer_loadgen.measure_latency(run_batch, make_batch, b),
@@ -162,7 +163,7 @@ def run(workload, options: InferOptions) -> dict:
     log = infer_accuracy.read_accuracy_log(os.path.join(options.output_dir, infer_loadgen.ACCURACY_LOG))
     accuracy = infer_accuracy.score(workload, log)
   summary = {
-      'workload': options.workload, 'model': infer_model.MLPERF_MODEL[options.workload], 'scale': options.scale,
+      'workload': options.workload, 'model': infer_model.loadgen_model(workload), 'scale': options.scale,
       'scenario': options.scenario, 'mode': options.mode,
       'result': result['result'] if options.mode == 'performance' else None,
       'valid': result['valid'] if options.mode == 'performance' else None,
@@ -182,7 +183,7 @@ def run(workload, options: InferOptions) -> dict:
       'device_kind': jax.devices()[0].device_kind, 'num_devices': jax.device_count(),
       'output_dir': os.path.abspath(options.output_dir),
   }
-  outputs.write_summary(os.path.join(options.output_dir, 'summary.json'), summary)
+  outputs.write_json(os.path.join(options.output_dir, 'summary.json'), summary)
   return summary
 
 

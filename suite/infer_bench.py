@@ -71,7 +71,7 @@ def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: f
   server_runs, bound_ms = [], None
   for fraction in fractions:
     server = infer_lib.InferOptions(**{**options.__dict__, 'scenario': 'Server'})
-    s = infer_loadgen.build_settings(infer_model.MLPERF_MODEL[options.workload], 'Server', 'performance',
+    s = infer_loadgen.build_settings(infer_model.loadgen_model(workload), 'Server', 'performance',
                                      options.user_conf, server.overrides, workload.num_eval_examples)
     s.min_duration_ms, s.min_query_count, s.server_target_qps = int(server_s * 1e3), 1, fraction * bare
     bound_ms = s.server_target_latency_ns / 1e6

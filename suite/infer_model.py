@@ -5,70 +5,21 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from suite import checkpoint, sharding, steps
 from suite.errors import UserError
 from suite.workload import Workload
 
-# The model name LoadGen's mlperf.conf keys use for each suite workload.
-MLPERF_MODEL = {'resnet': 'resnet50', 'ssd': 'retinanet'}
-# FP32 reference accuracy of the MLPerf Inference reference models (mlcommons/inference,
-# vision/classification_and_detection/README.md: resnet50-v1.5 76.456% top-1, retinanet 800x800 0.3755 mAP); the
-# closed division needs 99% of it. LoadGen's mlperf.conf holds no accuracy values.
-REFERENCE_ACCURACY = {'resnet': 0.76456, 'ssd': 0.3755}
-CLOSED_FRACTION = 0.99
-# Columns of one detection in an ssd response: normalised box, score, class.
-DETECTION_FIELDS = 6
-
-
-def closed_bound(workload_name: str) -> float:
-  return CLOSED_FRACTION * REFERENCE_ACCURACY[workload_name]
-
-
-def forward_fn(workload: Workload) -> Callable[[Any, Any, jax.Array], Any]:
-  """(params, model_state, images) -> what one response is made of: the top-1 class (resnet) or the
-  post-processed detections (ssd), by the same code the training eval runs."""
-  if workload.benchmark == 'resnet':
-    def classify(params, model_state, images):
-      logits = workload.model.apply({'params': params, **model_state}, images, train=False)
-      return jnp.argmax(logits, -1).astype(jnp.int32)
-    return classify
-
-  def detect(params, model_state, images):
-    b = images.shape[0]
-    # eval_outputs carries ids and sizes through the device for training's eval; the scorer knows them by index.
-    batch = {'image': images, 'image_id': jnp.zeros((b,), jnp.int32), 'image_hw': jnp.zeros((b, 2), jnp.int32),
-             'mask': jnp.ones((b,), jnp.float32)}
-    out = workload.eval_outputs(params, model_state, batch)
-    return {k: out[k] for k in ('boxes', 'scores', 'classes', 'valid')}
-  return detect
-
-
-def to_responses(benchmark: str, host_outputs: Any, n: int) -> list[np.ndarray]:
-  """Host outputs of one (padded) batch -> the first `n` samples' response arrays (their bytes go to LoadGen)."""
-  if benchmark == 'resnet':
-    return [np.ascontiguousarray(host_outputs[i:i + 1], np.int32) for i in range(n)]
-  responses = []
-  for i in range(n):
-    valid = np.asarray(host_outputs['valid'][i], bool)
-    rows = np.concatenate([np.asarray(host_outputs['boxes'][i])[valid],
-                           np.asarray(host_outputs['scores'][i])[valid][:, None],
-                           np.asarray(host_outputs['classes'][i])[valid][:, None].astype(np.float32)], axis=1)
-    responses.append(np.ascontiguousarray(rows, np.float32))
-  return responses
-
-
-def from_response(benchmark: str, data: bytes) -> np.ndarray:
-  """Inverse of `to_responses` for one sample; an empty response (a failed sample) decodes to no prediction."""
-  if benchmark == 'resnet':
-    values = np.frombuffer(data, np.int32)
-    return values[:1] if values.size else np.array([-1], np.int32)
-  return np.frombuffer(data, np.float32).reshape(-1, DETECTION_FIELDS)
+def loadgen_model(workload: Workload) -> str:
+  """The workload's model name in LoadGen's mlperf.conf; one line when its task has no LoadGen benchmark."""
+  if workload.loadgen_model is None:
+    raise UserError(f'{workload.benchmark} ({workload.variant}) is not an MLPerf Inference model: no LoadGen '
+                    'settings exist for it (choose another --workload or --variant)')
+  return workload.loadgen_model
 
 
 def batch_sizes_for(scenario: str, samples_per_query: int, max_batch: int) -> tuple[int, ...]:
@@ -121,7 +72,7 @@ def compile_predictor(workload: Workload, mesh, params, model_state, batch_sizes
   constants) in the layout they were restored to."""
   start = time.perf_counter()
   image = workload.batch_shapes(1, train=False)['image']
-  forward = jax.jit(forward_fn(workload))
+  forward = jax.jit(workload.predict)
   abstract = lambda tree: jax.tree.map(  # noqa: E731
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
   executables, input_shardings = {}, {}

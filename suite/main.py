@@ -54,12 +54,22 @@ def parse_flags(argv: list[str]) -> list[str]:
   """Pass 1 reads --workload/--scale; pass 2 parses everything against that workload's locked config."""
   try:
     FLAGS(argv, known_only=True)
+    where = f'{FLAGS.workload} (scale {FLAGS.scale})'
     config = registry.get_config(FLAGS.workload, FLAGS.scale, FLAGS.variant)
-    return config_lib.parse_with_overrides(argv, config, f'{FLAGS.workload} (scale {FLAGS.scale})')
+    rest = config_lib.parse_with_overrides(argv, config, where)
+    if division() == 'closed':
+      config_lib.check_closed(registry.workload_class(FLAGS.workload, FLAGS.variant),
+                              registry.get_config(FLAGS.workload, FLAGS.scale, FLAGS.variant), FLAGS.config, where)
+    return rest
   except UserError as e:
     _fail(str(e))
   except flags.Error as e:
     _fail(f'{e} (see --helpfull)')
+
+
+def division() -> str:
+  """--division, else closed for `full` (the real benchmark) and open for `tiny`."""
+  return FLAGS.division or ('closed' if FLAGS.scale == 'full' else 'open')
 
 
 def _fail(message: str) -> None:
@@ -93,7 +103,7 @@ def run_from_flags() -> dict:
   seed = FLAGS.seed if FLAGS.seed is not None else secrets.randbelow(2**31)
   options = runner.RunOptions(
       output_dir=output_dir, data_dir=FLAGS.data_dir, seed=seed,
-      division=FLAGS.division or ('closed' if FLAGS.scale == 'full' else 'open'),
+      division=division(),
       submission_org=FLAGS.submission_org, submission_platform=FLAGS.submission_platform,
       submission_status=FLAGS.submission_status, peak_flops=FLAGS.peak_flops, overwrite=FLAGS.overwrite,
       mesh=FLAGS.mesh, dcn_mesh=FLAGS.dcn_mesh, profile_steps=parse_profile_steps(FLAGS.profile_steps),

@@ -13,6 +13,7 @@ from suite.errors import UserError
 RESULT_LOG = 'result_0.txt'
 METRICS = 'metrics.jsonl'
 SUMMARY = 'summary.json'
+CONFIG = 'config.json'  # The run's whole resolved workload config.
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool = False, resumable: bool = False) -> None:
@@ -31,7 +32,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool = False, r
     raise UserError(f'{output_dir} already holds a run ({", ".join(existing)}): choose a new --output_dir, '
                     'pass --resume to continue it, or --overwrite to replace it')
   os.makedirs(output_dir, exist_ok=True)
-  for name in (RESULT_LOG, METRICS, SUMMARY):  # --overwrite: start this run's files afresh.
+  for name in (RESULT_LOG, METRICS, SUMMARY, CONFIG):  # --overwrite: start this run's files afresh.
     path = os.path.join(output_dir, name)
     if os.path.exists(path):
       os.remove(path)
@@ -144,13 +145,13 @@ class MetricsWriter:
       self._file.close()
 
 
-def write_summary(path: str, summary: dict) -> None:
+def write_json(path: str, data: dict) -> None:
   """Writes atomically (temp file + rename): a crash or a full disk mid-write never leaves a truncated summary, nor
   a temp file; the previous summary (a preempted run's) stays as it was."""
   tmp = path + '.tmp'
   try:
     with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
+      json.dump(data, f, indent=2, sort_keys=True)
       f.write('\n')
     os.replace(tmp, path)
   except OSError as e:

@@ -1,4 +1,8 @@
-"""Lazy workload registry: a name maps to a module path, imported only when that workload is chosen."""
+"""Lazy workload registry: a name maps to a module path, imported only when that workload is chosen.
+
+A workload module defines `VARIANTS`, a dict of variant name -> `Workload` subclass, the default variant first.
+Adding a workload is one line here (see BUILD.md, "Adding a workload").
+"""
 
 import importlib
 
@@ -11,25 +15,40 @@ WORKLOADS = {
 
 
 def get_workload(name: str):
-  """Returns the workload module for `name` (it defines `get_config(scale, variant)` and `Workload`)."""
+  """The workload module for `name` (it defines `VARIANTS`)."""
   if name not in WORKLOADS:
     raise UserError(f"unknown workload '{name}': choose one of {', '.join(sorted(WORKLOADS))} (--workload=NAME)")
   return importlib.import_module(WORKLOADS[name])
 
 
+def variants(name: str) -> dict:
+  """Variant name -> Workload class, the default first."""
+  return get_workload(name).VARIANTS
+
+
+def workload_class(name: str, variant: str = ''):
+  """The Workload class of a workload's variant ('' = the default variant)."""
+  classes = variants(name)
+  if not variant:
+    return next(iter(classes.values()))
+  if variant not in classes:
+    raise UserError(f"unknown variant '{variant}' for workload {name}: known variants are {', '.join(classes)} "
+                    '(--variant=NAME)')
+  return classes[variant]
+
+
 def get_config(name: str, scale: str, variant: str = ''):
-  """The workload's config for a scale and a named variant ('' = the workload's default)."""
-  module = get_workload(name)
-  variants = getattr(module, 'VARIANTS', ())
-  if variant and variant not in variants:
-    known = ', '.join(variants) if variants else 'none'
-    raise UserError(f"unknown variant '{variant}' for workload {name}: known variants are {known} (--variant=NAME)")
+  """The config of a workload's variant at a scale; it records the variant (`config.variant`)."""
+  cls = workload_class(name, variant)
   try:
-    return module.get_config(scale, variant)
+    config = cls.get_config(scale)
   except ValueError as e:
     raise UserError(f'{name}: {e}') from None
+  with config.unlocked():
+    config.variant = cls.variant
+  return config
 
 
 def make_workload(name: str, config, scale: str):
-  """The workload object for a (possibly overridden) config."""
-  return get_workload(name).Workload(config, scale)
+  """The workload object for a (possibly overridden) config of `get_config`."""
+  return workload_class(name, config.get('variant', ''))(config, scale)

@@ -1,7 +1,11 @@
-"""What a benchmark is (target, ruleset, cadence, hyperparameters) and the hooks the runner calls to train it.
+"""The workload contract: what a benchmark is (its MLPerf facts) and the hooks the runner and LoadGen call.
 
-A workload module defines `get_config(scale, variant) -> ConfigDict` and a `Workload` subclass; the runner knows nothing
-else about it. Everything here is pure JAX or host-side data; sharding and the clock live in the runner.
+A workload class is the one home of every fact of its benchmark: the MLPerf name, ruleset and runs per score, the
+target, the config fields the closed rules fix, the LoadGen model name and the inference reference accuracy, and
+the hooks to train it (data, model, loss, optimizer) and to serve it (forward, response bytes, accuracy). A
+workload module under `suite/workloads/` maps variant names to such classes (`VARIANTS`, default first); the
+registry maps a workload name to the module. Nothing else in `suite/` knows a benchmark by name.
+Everything here is pure JAX or host-side data; sharding and the clock live in the runner.
 """
 
 import abc
@@ -9,7 +13,11 @@ from typing import Any, Iterator, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 import optax
+from mlperf_logging import benchmark_meta
+
+from suite.config import leaf_keys
 
 
 class TrainState(NamedTuple):
@@ -22,15 +30,58 @@ class TrainState(NamedTuple):
 
 
 class Workload(abc.ABC):
-  """One benchmark. Subclasses set the class attributes and implement the hooks."""
+  """One benchmark (one variant of it). Subclasses set the class attributes and implement the hooks."""
 
+  # --- the benchmark's facts ---
   benchmark: str  # MLPerf benchmark name, as `submission_benchmark` logs it.
   ruleset: str  # Compliance-checker ruleset for this benchmark's closed rules.
+  variant: str = ''  # Name of this variant within its workload module (`--variant`).
   metric_name: str  # What `eval_accuracy` measures, e.g. 'top1'.
+  dataset_description: str = ''  # What `full` trains on, for --list and docs.
+  # Dotted config keys a closed-division run may change (the rules allow batch size and some optimizer
+  # hyperparameters; run-time knobs that change no result are free too). Every other field is fixed by the rules.
+  closed_free_fields: tuple[str, ...] = ()
+  # MLPerf Inference: LoadGen's model name in mlperf.conf (None: the task has no LoadGen benchmark), and the FP32
+  # reference accuracy whose `inference_closed_fraction` the closed division must reach.
+  loadgen_model: str | None = None
+  inference_reference_accuracy: float | None = None
+  inference_closed_fraction: float = 0.99
 
   def __init__(self, config: ml_collections.ConfigDict, scale: str):
     self.config = config
     self.scale = scale
+
+  @classmethod
+  @abc.abstractmethod
+  def get_config(cls, scale: str) -> ml_collections.ConfigDict:
+    """The hyperparameters of one scale ('full': the MLPerf reference; 'tiny': generated data, CPU minutes)."""
+
+  @classmethod
+  def num_runs(cls) -> int:
+    """Runs (distinct seeds) one MLPerf score needs: the package checker's result-file count."""
+    return benchmark_meta.get_result_file_counts('training')[cls.benchmark]
+
+  @classmethod
+  def closed_fixed_fields(cls, config: ml_collections.ConfigDict) -> list[str]:
+    """The leaf config keys a closed run must leave at the config's own values."""
+    return [key for key in leaf_keys(config) if not _matches(key, cls.closed_free_fields)]
+
+  @classmethod
+  def closed_violations(cls, config: ml_collections.ConfigDict) -> list[str]:
+    """Free fields whose value the closed rules still constrain (e.g. weight decay 0.0001 x 2^k); none by default."""
+    del config
+    return []
+
+  @property
+  def measures_quality(self) -> bool:
+    """False when the eval cannot mean anything (synthetic data: the eval batch is the batch it trained on), so
+    the run never reports success."""
+    return True
+
+  @property
+  def inference_closed_bound(self) -> float | None:
+    ref = self.inference_reference_accuracy
+    return None if ref is None else self.inference_closed_fraction * ref
 
   @property
   def target(self) -> float:
@@ -113,3 +164,26 @@ class Workload(abc.ABC):
 
   def reached_target(self, metric: float) -> bool:
     return metric >= self.target
+
+  # --- inference (LoadGen) ---
+  def predict(self, params, model_state, images) -> Any:
+    """(params, model_state, images) -> the device values one batch of responses is made of (jitted)."""
+    raise NotImplementedError(f'{self.benchmark} ({self.variant}) has no inference path')
+
+  def encode_responses(self, host_outputs: Any, n: int) -> list[np.ndarray]:
+    """Host outputs of one (padded) batch -> the first `n` samples' response arrays (their bytes go to LoadGen)."""
+    raise NotImplementedError(f'{self.benchmark} ({self.variant}) has no inference path')
+
+  def decode_response(self, data: bytes) -> np.ndarray:
+    """Inverse of `encode_responses` for one sample; an empty response (a failed sample) means no prediction."""
+    raise NotImplementedError(f'{self.benchmark} ({self.variant}) has no inference path')
+
+  def score_responses(self, responses: dict[int, bytes], eval_samples: list[dict]) -> float:
+    """The quality metric of LoadGen's logged responses (qsl index -> bytes) over the whole eval split, whose
+    samples' non-image fields (label, image id, ...) are `eval_samples`; an unanswered sample counts as wrong."""
+    raise NotImplementedError(f'{self.benchmark} ({self.variant}) has no inference path')
+
+
+def _matches(key: str, patterns: tuple[str, ...]) -> bool:
+  """A pattern names a leaf ('optimizer.learning_rate') or a whole group ('optimizer')."""
+  return any(key == p or key.startswith(p + '.') for p in patterns)

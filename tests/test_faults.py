@@ -100,17 +100,17 @@ def _enospc(*args, **kwargs):
 
 def test_summary_on_a_full_disk_keeps_the_old_one_and_no_temp(tmp_path, monkeypatch):
   path = str(tmp_path / outputs.SUMMARY)
-  outputs.write_summary(path, {'reason': 'preempted'})
+  outputs.write_json(path, {'reason': 'preempted'})
   old = open(path, encoding='utf-8').read()
   os.symlink('/dev/full', path + '.tmp')  # The kernel's own ENOSPC, at the write.
   with pytest.raises(UserError, match='disk full') as raised:
-    outputs.write_summary(path, {'reason': 'target_reached', 'pad': 'x' * 10000})
+    outputs.write_json(path, {'reason': 'target_reached', 'pad': 'x' * 10000})
   assert path in str(raised.value) and '\n' not in str(raised.value)
   assert open(path, encoding='utf-8').read() == old and not os.path.lexists(path + '.tmp')
 
   monkeypatch.setattr(outputs.os, 'replace', _enospc)  # ENOSPC at the rename (e.g. a full directory).
   with pytest.raises(UserError, match='disk full'):
-    outputs.write_summary(path, {'reason': 'target_reached'})
+    outputs.write_json(path, {'reason': 'target_reached'})
   assert open(path, encoding='utf-8').read() == old and not os.path.lexists(path + '.tmp')
 
 
@@ -118,7 +118,7 @@ def test_other_write_errors_still_remove_the_temp_file(tmp_path, monkeypatch):
   path = str(tmp_path / outputs.SUMMARY)
   monkeypatch.setattr(outputs.os, 'replace', lambda *a: (_ for _ in ()).throw(PermissionError(errno.EACCES, 'no')))
   with pytest.raises(PermissionError):
-    outputs.write_summary(path, {})
+    outputs.write_json(path, {})
   assert not os.path.lexists(path + '.tmp') and not os.path.exists(path)
 
 

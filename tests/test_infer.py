@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from suite import infer_accuracy, infer_loadgen, infer_model
+from suite import infer_accuracy, infer_loadgen, infer_model, registry
 from suite.sut import SUT, BatchPolicy, Sample, take_batch
 from tests.conftest import run_suite
 
@@ -131,17 +131,20 @@ def test_batcher_waits_for_a_full_batch_or_the_timeout():
   assert len(take_batch(pending, policy, now=11.0, flushing=True)) == 2  # LoadGen's flush: runs what is left.
 
 
-def test_responses_round_trip():
+def test_responses_round_trip_through_the_workloads_hooks():
+  resnet_workload = registry.make_workload('resnet', registry.get_config('resnet', 'tiny'), 'tiny')
   classes = np.array([3, 7, 1], np.int32)
-  responses = infer_model.to_responses('resnet', classes, 2)
-  assert [int(infer_model.from_response('resnet', r.tobytes())[0]) for r in responses] == [3, 7]
-  assert infer_model.from_response('resnet', b'')[0] == -1  # A failed sample scores as wrong.
+  responses = resnet_workload.encode_responses(classes, 2)
+  assert [int(resnet_workload.decode_response(r.tobytes())[0]) for r in responses] == [3, 7]
+  assert resnet_workload.decode_response(b'')[0] == -1  # A failed sample scores as wrong.
+  labels = [{'label': 3}, {'label': 7}]
+  assert resnet_workload.score_responses({0: classes[:1].tobytes(), 1: b''}, labels) == 0.5
+  ssd_workload = registry.make_workload('ssd', registry.get_config('ssd', 'tiny'), 'tiny')
   detections = {'boxes': np.random.rand(2, 5, 4).astype(np.float32), 'scores': np.random.rand(2, 5),
                 'classes': np.arange(10).reshape(2, 5), 'valid': np.array([[1, 1, 0, 0, 0], [0] * 5], bool)}
-  rows = [infer_model.from_response('ssd', r.tobytes()) for r in infer_model.to_responses('ssd', detections, 2)]
+  rows = [ssd_workload.decode_response(r.tobytes()) for r in ssd_workload.encode_responses(detections, 2)]
   assert rows[0].shape == (2, 6) and rows[1].shape == (0, 6)
   np.testing.assert_allclose(rows[0][:, :4], detections['boxes'][0, :2])
-  assert infer_accuracy.top1({0: classes[:1].tobytes(), 1: b''}, [3, 7]) == 0.5
 
 
 def test_batch_sizes_cover_each_scenario():

@@ -11,6 +11,7 @@ from suite.clock import Clock
 from suite.errors import UserError
 from suite.mlperf_log import MLPerfLog
 from suite.steps import compile_steps
+from suite import registry
 from suite.workloads import resnet, ssd
 
 NUM_STEPS = 4
@@ -88,7 +89,7 @@ def test_resnet_trains_identically_on_other_meshes(tiny_resnet, mesh_spec):
 
 
 def test_ssd_trains_identically_on_a_3d_mesh(data_dir):
-  workload = ssd.Workload(ssd.get_config('tiny'), 'tiny')
+  workload = registry.make_workload('ssd', ssd.get_config('tiny'), 'tiny')
   workload.open_data(data_dir)
   batches = list(itertools.islice(workload.train_batches(1, 0, 1), 2))
   reference, _ = _train(workload, 'data:8', batches)

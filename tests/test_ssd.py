@@ -13,6 +13,7 @@ from suite import runner, sharding
 from suite.clock import Clock
 from suite.mlperf_log import KEYS, MLPerfLog
 from suite.steps import compile_steps
+from suite import registry
 from suite.workloads import ssd
 from tests.conftest import check_log, run_suite
 
@@ -80,7 +81,7 @@ def test_retinanet_loss_is_zero_box_loss_at_the_targets_and_falls_for_confident_
 
 def _full_workload(variant=''):
   config = ssd.get_config('full', variant)
-  workload = ssd.Workload(config, 'full')
+  workload = registry.make_workload('ssd', config, 'full')
   workload._train_source, workload._eval_source = range(1170301), range(24781)  # OpenImages subset sizes.
   return workload
 
@@ -125,7 +126,7 @@ def test_full_ssd300_closed_log_passes_the_official_1_1_0_checker(tmp_path):
   shapes = jax.eval_shape(lambda: workload.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 300, 300, 3)),
                                                       train=False))
   params = flax.linen.unbox(shapes['params'])
-  names = ssd.ssd300_reference_tensor_names(params)
+  names = ssd.reference_tensor_names(params)
   assert len(names) == len(set(names)) == 119
   path = str(tmp_path / 'result_0.txt')
   _write_closed_log(path, workload, 0.231, params)
@@ -135,7 +136,7 @@ def test_full_ssd300_closed_log_passes_the_official_1_1_0_checker(tmp_path):
 
 @pytest.fixture(scope='module')
 def tiny_workload(data_dir):
-  workload = ssd.Workload(_tiny_config(), 'tiny')
+  workload = registry.make_workload('ssd', _tiny_config(), 'tiny')
   workload.open_data(data_dir)
   return workload
 

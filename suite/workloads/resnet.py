@@ -4,6 +4,7 @@
 own target on one CPU in minutes and exercises the same code path.
 """
 
+import math
 
 import jax
 import jax.numpy as jnp
@@ -16,12 +17,9 @@ from input_pipelines import image_classification as pipeline
 from models import resnet
 from suite import workload as workload_lib
 
-VARIANTS = ()  # ResNet-50 v1.5 only; the depth and width are config fields.
-
-
 def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
   """The hyperparameters of one scale; any field can be overridden with --config.KEY=VALUE."""
-  del variant
+  del variant  # One variant: ResNet-50 v1.5 (the depth and width are config fields).
   c = ml_collections.ConfigDict()
   # Data. `dataset` is any TFDS image/label dataset in --data_dir, 'generated' or 'synthetic'.
   c.dataset = 'imagenet2012'
@@ -73,15 +71,40 @@ def _decays(params) -> dict:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-class Workload(workload_lib.Workload):
+class ResNetWorkload(workload_lib.Workload):
+  """ResNet-50 v1.5 on ImageNet, MLPerf Training 4.0.0; MLPerf Inference `resnet50`."""
   benchmark = 'resnet'
   ruleset = '4.0.0'
+  variant = 'resnet50'
   metric_name = 'top1'
+  dataset_description = 'imagenet2012'
+  # The 4.0.0 closed rules let a submitter choose the batch size, SGD or LARS, and their base learning rate,
+  # warm-up, decay length, momentum and weight decay (0.0001 x 2^k); numerics and run-time knobs change no rule.
+  closed_free_fields = ('global_batch_size', 'optimizer.name', 'optimizer.learning_rate', 'optimizer.warmup_epochs',
+                        'optimizer.decay_epochs', 'optimizer.momentum', 'optimizer.weight_decay', 'model.dtype',
+                        'max_epochs', 'log_every_steps', 'data_threads')
+  loadgen_model = 'resnet50'
+  # mlcommons/inference vision/classification_and_detection/README.md: resnet50-v1.5 FP32 76.456% top-1.
+  inference_reference_accuracy = 0.76456
+
+  @classmethod
+  def get_config(cls, scale):
+    return get_config(scale)
+
+  @classmethod
+  def closed_violations(cls, config) -> list[str]:
+    decay = config.optimizer.weight_decay
+    k = math.log2(decay / 1e-4) if decay > 0 else 0.5
+    return [] if abs(k - round(k)) < 1e-9 else [f'optimizer.weight_decay={decay} is not 0.0001 x 2^k']
 
   def __init__(self, config, scale):
     super().__init__(config, scale)
     self.model = resnet.resnet_from_config(config.model, config.num_classes)
     self._train_source = self._eval_source = None
+
+  @property
+  def measures_quality(self):
+    return self.config.dataset != 'synthetic'
 
   # --- data ---
   def open_data(self, data_dir):
@@ -194,6 +217,28 @@ class Workload(workload_lib.Workload):
             'lars_opt_learning_rate_decay_steps': round(o.decay_epochs * steps_per_epoch),
             'lars_epsilon': o.epsilon, 'lars_opt_learning_rate_warmup_epochs': o.warmup_epochs,
             'lars_opt_momentum': o.momentum, 'lars_opt_weight_decay': o.weight_decay}
+
+
+  # --- inference ---
+  def predict(self, params, model_state, images):
+    logits = self.model.apply({'params': params, **model_state}, images, train=False)
+    return jnp.argmax(logits, -1).astype(jnp.int32)
+
+  def encode_responses(self, host_outputs, n):
+    return [np.ascontiguousarray(host_outputs[i:i + 1], np.int32) for i in range(n)]
+
+  def decode_response(self, data):
+    values = np.frombuffer(data, np.int32)
+    return values[:1] if values.size else np.array([-1], np.int32)
+
+  def score_responses(self, responses, eval_samples):
+    correct = sum(int(self.decode_response(data)[0]) == int(eval_samples[i]['label'])
+                  for i, data in responses.items())
+    return correct / len(eval_samples)
+
+
+Workload = ResNetWorkload
+VARIANTS = {ResNetWorkload.variant: ResNetWorkload}
 
 
 def lars_schedule(base: float, end: float, power: float, *, warmup_steps: int, decay_steps: int):

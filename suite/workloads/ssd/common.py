@@ -1,0 +1,225 @@
+"""What the detection variants share: the data (COCO-layout TFDS splits), the eval (post-processed detections,
+pycocotools mAP), the inference hooks, and the base config. A variant supplies its model, anchors, loss,
+optimizer and logged hyperparameters.
+"""
+
+import abc
+import contextlib
+import io
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from input_pipelines import detection as pipeline
+from input_pipelines import generated_detection
+from input_pipelines import image_classification
+from models import box_ops
+from suite import workload as workload_lib
+
+# Columns of one detection in an inference response: normalised box (ymin, xmin, ymax, xmax), score, class.
+DETECTION_FIELDS = 6
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The fields every detection variant has; a variant sets its model, anchors, optimizer and benchmark values."""
+  c = ml_collections.ConfigDict()
+  c.dataset = 'mlperf_openimages'
+  c.train_split = 'train'
+  c.eval_split = 'validation'
+  c.num_classes = 264  # Object classes, background excluded.
+  c.image_size = 800
+  c.max_boxes = 100
+  c.augment = 'flip'
+  c.data_threads = 16
+  c.skip_bad_records = False  # True: replace an undecodable train record by the next good one, and count it.
+  c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0))
+  c.matching = ml_collections.ConfigDict(dict(positive_iou=0.5, negative_iou=0.4, allow_low_quality=True))
+  c.loss = ml_collections.ConfigDict(dict(focal_alpha=0.25, focal_gamma=2.0, box_beta=0.0, negatives_ratio=3))
+  c.box_weights = (1.0, 1.0, 1.0, 1.0)
+  c.postprocess = ml_collections.ConfigDict(dict(score_threshold=0.05, pre_nms_top_k=1000, iou_threshold=0.5,
+                                                 max_detections=300))
+  c.eval_every_epochs = 1
+  c.log_every_steps = 100
+  return c
+
+
+class DetectionWorkload(workload_lib.Workload):
+  """MLPerf object detection (`ssd`): everything but the model, its loss and its optimizer."""
+  benchmark = 'ssd'
+  metric_name = 'mAP'
+  activation = 'sigmoid'  # Per-class scores: 'sigmoid' (RetinaNet) or 'softmax' with background at 0 (SSD).
+
+  def __init__(self, config, scale):
+    super().__init__(config, scale)
+    self.model = self.build_model()
+    self.anchors = self.build_anchors()
+    self._train_source = self._eval_source = None
+    self._ground_truth = None
+
+  @abc.abstractmethod
+  def build_model(self):
+    ...
+
+  @abc.abstractmethod
+  def build_anchors(self) -> np.ndarray:
+    """The anchors (default boxes), normalised (ymin, xmin, ymax, xmax), in the order of the model's outputs."""
+
+  @abc.abstractmethod
+  def per_image_loss(self, anchors_Ax4, logits_AxC, deltas_Ax4, boxes_Mx4, classes_M, box_mask_M):
+    """(class loss, box loss) of one image."""
+
+  # --- data ---
+  def open_data(self, data_dir):
+    c = self.config
+    data_dir = image_classification.resolve_data_dir(data_dir)
+    name = c.dataset
+    if name == 'generated':
+      g = c.generated
+      name = generated_detection.ensure_generated_detection(
+          data_dir, num_classes=c.num_classes, image_size=g.image_size, num_train=g.num_train,
+          num_eval=g.num_eval)
+    self._train_source = image_classification.open_split(name, c.train_split, data_dir, c.skip_bad_records)
+    self._eval_source = image_classification.open_split(name, c.eval_split, data_dir, c.skip_bad_records)
+
+  @property
+  def num_train_examples(self):
+    return len(self._train_source)
+
+  @property
+  def num_eval_examples(self):
+    return len(self._eval_source)
+
+  def train_batches(self, seed, process_index, process_count, start_step=0):
+    c = self.config
+    return pipeline.train_batches(self._train_source, global_batch_size=c.global_batch_size,
+                                  image_size=c.image_size, max_boxes=c.max_boxes, seed=seed,
+                                  process_index=process_index, process_count=process_count, augment=c.augment,
+                                  num_threads=c.data_threads, start_batch=start_step)
+
+  def eval_batches(self, process_index, process_count):
+    c = self.config
+    batches = pipeline.eval_batches(self._eval_source, global_batch_size=c.global_batch_size,
+                                    image_size=c.image_size, max_boxes=c.max_boxes, process_index=process_index,
+                                    process_count=process_count, num_threads=c.data_threads)
+    # Image ids travel through the device with the detections; JAX runs without 64-bit integers.
+    return ({**batch, 'image_id': batch['image_id'].astype(np.int32)} for batch in batches)
+
+  def batch_shapes(self, global_batch_size, train):
+    c = self.config
+    b, s, m = global_batch_size, c.image_size, c.max_boxes
+    image = jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32)
+    if train:
+      return {'image': image, 'boxes': jax.ShapeDtypeStruct((b, m, 4), jnp.float32),
+              'classes': jax.ShapeDtypeStruct((b, m), jnp.int32), 'box_mask': jax.ShapeDtypeStruct((b, m), bool)}
+    return {'image': image, 'image_id': jax.ShapeDtypeStruct((b,), jnp.int32),
+            'image_hw': jax.ShapeDtypeStruct((b, 2), jnp.int32), 'mask': jax.ShapeDtypeStruct((b,), jnp.float32)}
+
+  # --- model ---
+  def init_variables(self, rng):
+    s = self.config.image_size
+    variables = self.model.init(rng, jnp.zeros((1, s, s, 3), jnp.float32), train=False)
+    return variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+
+  def loss(self, params, model_state, batch, rng):
+    del rng
+    (logits_BxAxC, deltas_BxAx4), new_model_state = self.model.apply(
+        {'params': params, **model_state}, batch['image'], train=True, mutable=['batch_stats'])
+    anchors_Ax4 = jnp.asarray(self.anchors)
+    cls_loss, box_loss = jax.vmap(lambda *a: self.per_image_loss(anchors_Ax4, *a))(
+        logits_BxAxC, deltas_BxAx4, batch['boxes'], batch['classes'], batch['box_mask'])
+    cls_loss, box_loss = jnp.mean(cls_loss), jnp.mean(box_loss)
+    return cls_loss + box_loss, (new_model_state, {'class_loss': cls_loss, 'box_loss': box_loss})
+
+  def detect(self, params, model_state, images_BxHxWx3) -> dict:
+    """Post-processed detections of a batch: boxes, scores, classes (dataset labels) and a validity mask."""
+    logits_BxAxC, deltas_BxAx4 = self.model.apply({'params': params, **model_state}, images_BxHxWx3, train=False)
+    p = self.config.postprocess
+    detect_one = lambda logits, deltas: box_ops.postprocess_detections(  # noqa: E731
+        logits, deltas, jnp.asarray(self.anchors), score_threshold=p.score_threshold, pre_nms_top_k=p.pre_nms_top_k,
+        iou_threshold=p.iou_threshold, max_detections=p.max_detections, weights=tuple(self.config.box_weights),
+        activation=self.activation)
+    detections = jax.vmap(detect_one)(logits_BxAxC, deltas_BxAx4)
+    if self.activation == 'softmax':  # Class 0 is background; dataset labels start at 1 in the model's output.
+      detections['classes'] = detections['classes'] - 1
+    return detections
+
+  def eval_outputs(self, params, model_state, batch):
+    detections = self.detect(params, model_state, batch['image'])
+    return {**detections, 'image_id': batch['image_id'], 'image_hw': batch['image_hw'], 'mask': batch['mask']}
+
+  def eval_metric(self, outputs):
+    return coco_map(self.ground_truth(), coco_detections(outputs))
+
+  def ground_truth(self) -> dict:
+    if self._ground_truth is None:  # Built at the first eval: inside the clock, like any read of eval data.
+      self._ground_truth = pipeline.coco_ground_truth(self._eval_source)
+    return self._ground_truth
+
+  # --- inference ---
+  def predict(self, params, model_state, images):
+    return self.detect(params, model_state, images)
+
+  def encode_responses(self, host_outputs, n):
+    responses = []
+    for i in range(n):
+      valid = np.asarray(host_outputs['valid'][i], bool)
+      rows = np.concatenate([np.asarray(host_outputs['boxes'][i])[valid],
+                             np.asarray(host_outputs['scores'][i])[valid][:, None],
+                             np.asarray(host_outputs['classes'][i])[valid][:, None].astype(np.float32)], axis=1)
+      responses.append(np.ascontiguousarray(rows, np.float32))
+    return responses
+
+  def decode_response(self, data):
+    return np.frombuffer(data, np.float32).reshape(-1, DETECTION_FIELDS)
+
+  def score_responses(self, responses, eval_samples):
+    outputs = []
+    for index, data in sorted(responses.items()):
+      rows = self.decode_response(data)
+      outputs.append({'boxes': rows[None, :, :4], 'scores': rows[None, :, 4], 'classes': rows[None, :, 5].astype(int),
+                      'valid': np.ones((1, len(rows)), bool), 'mask': np.ones((1,)),
+                      'image_id': np.array([eval_samples[index]['image_id']]),
+                      'image_hw': np.asarray(eval_samples[index]['image_hw'])[None]})
+    return coco_map(self.ground_truth(), coco_detections(outputs))
+
+
+def warmup_then(schedule_after: optax.Schedule, o, steps_per_epoch: float) -> optax.Schedule:
+  """Linear warm-up from `warmup_factor` x the base learning rate over `warmup_epochs`, then `schedule_after`."""
+  warmup_steps = round(o.warmup_epochs * steps_per_epoch)
+  warmup = optax.linear_schedule(o.learning_rate * o.warmup_factor, o.learning_rate, max(warmup_steps, 1))
+  return optax.join_schedules([warmup, schedule_after], [warmup_steps])
+
+
+def coco_detections(outputs: list) -> list[dict]:
+  """Host eval outputs -> COCO result records (absolute xywh boxes in the original image size)."""
+  records = []
+  for out in outputs:
+    for b in np.flatnonzero(np.asarray(out['mask']) > 0):
+      height, width = (float(v) for v in out['image_hw'][b])
+      valid = np.asarray(out['valid'][b], bool)
+      for (ymin, xmin, ymax, xmax), score, cls in zip(out['boxes'][b][valid], out['scores'][b][valid],
+                                                      out['classes'][b][valid]):
+        records.append({'image_id': int(out['image_id'][b]), 'category_id': int(cls), 'score': float(score),
+                        'bbox': [float(xmin) * width, float(ymin) * height, float(xmax - xmin) * width,
+                                 float(ymax - ymin) * height]})
+  return records
+
+
+def coco_map(ground_truth: dict, detections: list[dict]) -> float:
+  """mAP@[0.50:0.95] by pycocotools' COCOeval (its printed tables are kept out of the run's output)."""
+  from pycocotools.coco import COCO  # pylint: disable=import-outside-toplevel
+  from pycocotools.cocoeval import COCOeval  # pylint: disable=import-outside-toplevel
+  if not detections:
+    return 0.0
+  with contextlib.redirect_stdout(io.StringIO()):
+    gt = COCO()
+    gt.dataset = ground_truth
+    gt.createIndex()
+    evaluator = COCOeval(gt, gt.loadRes(detections), iouType='bbox')
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+  return float(evaluator.stats[0])
