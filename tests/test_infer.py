@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from suite import infer_accuracy, infer_loadgen, infer_model, registry
+from suite import infer_loadgen, infer_model, registry
 from suite.sut import SUT, BatchPolicy, Sample, take_batch
 from tests.conftest import run_suite
 
