@@ -188,15 +188,15 @@ def global_train_stream(source, preprocess, *, global_batch_size: int, seed: int
   `start_batch` costs nothing (no batch before it is read).
   """
   batch_size = local_batch_size(global_batch_size, process_count)
-  steps_per_epoch = len(source) // global_batch_size
-  if steps_per_epoch == 0:
+  if len(source) < global_batch_size:
     raise UserError(f'the training split has {len(source)} examples, fewer than one global batch '
                     f'({global_batch_size}): lower --config.global_batch_size')
   shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
-  ds = grain.MapDataset.source(source).shuffle(seed=int(shuffle_seed))
-  # Fixed shapes: each epoch keeps only whole global batches. At the epoch boundary the next epoch starts with a
-  # fresh permutation (grain reseeds the shuffle per epoch), so a different remainder is left out each epoch.
-  ds = ds.slice(slice(0, steps_per_epoch * global_batch_size)).repeat()
+  # Every example once per epoch, each epoch a fresh permutation (grain reseeds the shuffle per repetition). When
+  # the batch does not divide the split, the batch at an epoch's end is "mixed": it ends with the first examples
+  # of the next epoch (one of the options the MLPerf training rules allow; the runner evaluates an epoch only
+  # after its mixed batch, as they require: see `Workload.epoch_end_step`).
+  ds = grain.MapDataset.source(source).shuffle(seed=int(shuffle_seed)).repeat()
   # Augment before sharding: an example's crop and flip depend on its global stream position, not on the shard.
   ds = ds.random_map(preprocess, seed=int(augment_seed))
   ds = ds.slice(slice(start_batch * global_batch_size + process_index, None, process_count))

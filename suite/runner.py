@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import jax
 from absl import logging
 
+from suite import cache_clear
 from suite import checkpoint
 from suite import mfu as mfu_lib
 from suite import outputs
@@ -43,6 +44,7 @@ class RunOptions:
   checkpoint_every_s: float = 0.0
   keep_checkpoints: int = 3
   resume: bool = False  # Continue from the latest valid checkpoint in output_dir.
+  cache_clear_cmd: str = ''  # Clears the page cache before the run; default: sync + /proc/sys/vm/drop_caches.
 
 
 class StopTraining(Exception):
@@ -58,7 +60,7 @@ class StopTraining(Exception):
 class TrainMonitor:
   """Receives each step's metrics (one step late), stops on divergence, and records interval timings."""
 
-  def __init__(self, clock: Clock, writer: outputs.MetricsWriter, log_every_steps: int, steps_per_epoch: int,
+  def __init__(self, clock: Clock, writer: outputs.MetricsWriter, log_every_steps: int, steps_per_epoch: float,
                global_batch_size: int, profile_steps: tuple[int, int] | None = None, profile_dir: str = '',
                stop_flag: dict | None = None):
     self._stop_flag = stop_flag if stop_flag is not None else {'stop': False}
@@ -143,13 +145,15 @@ def evaluate(workload: Workload, compiled: CompiledSteps, state: TrainState) -> 
   return workload.eval_metric(jax.device_get(device_outputs))
 
 
-def log_submission(log: MLPerfLog, workload: Workload, options: RunOptions, platform: str) -> None:
+def log_submission(log: MLPerfLog, workload: Workload, options: RunOptions, platform: str,
+                   cache_cleared: bool = False) -> None:
+  """The submission keys; `cache_clear` is whether this run's page cache really was cleared (suite.cache_clear)."""
   log.event(KEYS.SUBMISSION_ORG, options.submission_org)
   log.event(KEYS.SUBMISSION_PLATFORM, platform)
   log.event(KEYS.SUBMISSION_DIVISION, options.division)
   log.event(KEYS.SUBMISSION_STATUS, options.submission_status)
   log.event(KEYS.SUBMISSION_BENCHMARK, workload.benchmark)
-  log.event(KEYS.CACHE_CLEAR, True)
+  log.event(KEYS.CACHE_CLEAR, cache_cleared)
 
 
 def log_hyperparameters(log: MLPerfLog, workload: Workload, seed: int, params=None) -> None:
@@ -214,6 +218,7 @@ def _stop_on_sigterm(flag: dict):
 def run(workload: Workload, options: RunOptions) -> dict:
   """Trains to the target (or gives up) and returns the summary it also writes to summary.json."""
   is_main = jax.process_index() == 0
+  cache = cache_clear.clear(options.cache_clear_cmd)  # Every process: each host has its own page cache.
   # Bad input fails before anything is written: a missing dataset or an impossible mesh must not cost a file.
   workload.open_data(options.data_dir)
   devices = jax.devices()
@@ -235,10 +240,10 @@ def run(workload: Workload, options: RunOptions) -> dict:
   # A resumed run's log already holds its submission, init and run_start lines: "exactly once" keys stay once.
   init_log = MLPerfLog(None, enabled=False) if resumable else log
   clock.logging_enabled = not resumable
-  log_submission(init_log, workload, options, platform)
+  log_submission(init_log, workload, options, platform, cache.cleared)
   clock.init_start()
-  steps_per_epoch = workload.num_train_examples // workload.global_batch_size
-  schedule = workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size)
+  steps_per_epoch = workload.num_train_examples / workload.global_batch_size
+  schedule = workload.learning_rate_schedule(steps_per_epoch)
   compiled = compile_steps(workload, mesh, workload.optimizer(schedule), schedule, clock.now)
   state = compiled.init(jax.random.PRNGKey(options.seed))
   step, resumed_from = 0, None
@@ -271,9 +276,9 @@ def run(workload: Workload, options: RunOptions) -> dict:
       compiled.train_batch_sharding)
   # Synthetic data evaluates on the batch it trained on: such a run measures throughput, never quality.
   status, reason, metric = 'aborted', 'max_epochs' if workload.measures_quality else 'synthetic_data', None
-  epoch = step // steps_per_epoch
+  epoch = workload.epochs_done(step)
   # A run resumed from a checkpoint taken at a block's last step may have died before that block's eval.
-  eval_due = bool(resumed_from) and step == epoch * steps_per_epoch > 0 and (
+  eval_due = bool(resumed_from) and step == workload.epoch_end_step(epoch) > 0 and (
       epoch % workload.eval_every_epochs == 0 or epoch >= workload.max_epochs)
   try:
     while epoch < workload.max_epochs or eval_due:
@@ -284,7 +289,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
         first_epoch = epoch + 1
         clock.block_start(first_epoch, block_end - epoch)
         monitor.start_interval(step)
-        num_steps = block_end * steps_per_epoch - step
+        num_steps = workload.epoch_end_step(block_end) - step
         state = train_steps(compiled.train, state, train_batches, num_steps, step, monitor, periodic)
         step, epoch = step + num_steps, block_end
         clock.block_stop(first_epoch, state)
@@ -327,6 +332,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
   summary = _summary(workload, options, clock, compiled, monitor, train_batches.wait_s, checkpointer.seconds,
                      mesh, devices, platform, peak_flops, status, reason, epoch, step, metric)
   summary['resumed_from_step'] = resumed_from['step'] if resumed_from else None
+  summary['cache_clear'] = cache.as_dict()
   if is_main:
     outputs.write_json(path(outputs.SUMMARY), summary)
   return summary

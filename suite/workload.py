@@ -154,6 +154,17 @@ class Workload(abc.ABC):
     return []
 
   # --- cadence ---
+  def epoch_end_step(self, epoch: int) -> int:
+    """The global step after which `epoch` epochs are trained. The train stream is every example once per epoch
+    with batches crossing epoch boundaries, so this is the step whose ("mixed") batch holds the epoch's last
+    example: the MLPerf rules let the last batch of an epoch be mixed with the next epoch's first samples if the
+    epoch is evaluated after it."""
+    return -(-epoch * self.num_train_examples // self.global_batch_size)
+
+  def epochs_done(self, step: int) -> int:
+    """Whole epochs trained after `step` global steps (the inverse of `epoch_end_step`)."""
+    return step * self.global_batch_size // self.num_train_examples
+
   @property
   def eval_every_epochs(self) -> int:
     return self.config.eval_every_epochs

@@ -11,6 +11,7 @@ from PIL import Image
 
 from input_pipelines import generated_images
 from input_pipelines import image_classification as pipeline
+from suite import registry
 from suite.errors import UserError
 
 SIZES = dict(num_classes=10, image_size=24, num_train=256, num_eval=100)
@@ -193,18 +194,27 @@ def test_two_processes_together_give_the_single_process_global_batch(train_sourc
     np.testing.assert_allclose(np.sort(sums), np.sort(whole['image'].sum(axis=(1, 2, 3))), rtol=1e-6)
 
 
-def test_each_epoch_is_a_fresh_permutation_of_whole_batches(train_source):
+def test_each_epoch_is_every_example_once_with_mixed_batches_at_its_end(train_source):
   source = IndexAsLabel(train_source)
-  # 256 examples, global batch 96: 2 whole batches (192 examples) per epoch, the rest dropped.
-  batches = first_batches(source, 4, global_batch_size=96, image_size=24, seed=0)
-  epochs = [np.concatenate([b['label'] for b in batches[:2]]), np.concatenate([b['label'] for b in batches[2:]])]
+  # 256 examples, global batch 96: the 3rd batch holds epoch 1's last 64 examples and epoch 2's first 32 (a
+  # "mixed" batch, which the MLPerf rules allow); nothing is dropped.
+  batches = first_batches(source, 6, global_batch_size=96, image_size=24, seed=0)
+  stream = np.concatenate([b['label'] for b in batches])
+  epochs = stream[:256], stream[256:512]
   for epoch in epochs:
-    assert len(set(epoch.tolist())) == 192  # No example twice within an epoch.
-  assert not np.array_equal(epochs[0], epochs[1])
-  # Global batch 64 divides 256: every example exactly once per epoch.
-  batches = first_batches(source, 8, global_batch_size=64, image_size=24, seed=0)
-  for epoch in (batches[:4], batches[4:]):
-    assert sorted(np.concatenate([b['label'] for b in epoch]).tolist()) == list(range(256))
+    assert sorted(epoch.tolist()) == list(range(256))  # Every example exactly once per epoch.
+  assert not np.array_equal(*epochs)  # A fresh permutation each epoch.
+
+
+def test_epochs_end_after_their_mixed_batch():
+  workload = registry.make_workload('resnet', registry.get_config('resnet', 'tiny'), 'tiny')
+  workload._train_source = range(4096)  # pylint: disable=protected-access
+  workload.config.global_batch_size = 96
+  # 4096 / 96 = 42.67 steps per epoch: epoch 1 is trained after step 43 (4128 samples), epoch 2 after 86, 3 after 128.
+  assert [workload.epoch_end_step(e) for e in (1, 2, 3)] == [43, 86, 128]
+  assert [workload.epochs_done(s) for s in (42, 43, 85, 86, 128)] == [0, 1, 1, 2, 3]
+  workload.config.global_batch_size = 128  # Divides the split: whole epochs of 32 steps.
+  assert [workload.epoch_end_step(e) for e in (1, 2)] == [32, 64]
 
 
 # --- Eval batches ---
