@@ -41,6 +41,8 @@ flags.DEFINE_integer('checkpoint_every_steps', 0, 'Save the train state every N 
 flags.DEFINE_float('checkpoint_every_s', 0.0, 'Save the train state every S seconds (0: off).')
 flags.DEFINE_integer('keep_checkpoints', 3, 'How many recent checkpoints to keep.')
 flags.DEFINE_bool('resume', False, 'Continue the run in --output_dir from its latest valid checkpoint.')
+flags.DEFINE_string('cache_clear_cmd', '', 'Shell command that clears the page cache before the run (default: sync '
+                    'and /proc/sys/vm/drop_caches, which needs root); cache_clear is logged True only if it worked.')
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run off TPU pods/SLURM.')
 flags.DEFINE_integer('num_processes', None, 'Processes in the job (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, "This process's index in [0, num_processes).")
@@ -108,7 +110,7 @@ def run_from_flags() -> dict:
       submission_status=FLAGS.submission_status, peak_flops=FLAGS.peak_flops, overwrite=FLAGS.overwrite,
       mesh=FLAGS.mesh, dcn_mesh=FLAGS.dcn_mesh, profile_steps=parse_profile_steps(FLAGS.profile_steps),
       checkpoint_every_steps=FLAGS.checkpoint_every_steps, checkpoint_every_s=FLAGS.checkpoint_every_s,
-      keep_checkpoints=FLAGS.keep_checkpoints, resume=FLAGS.resume)
+      keep_checkpoints=FLAGS.keep_checkpoints, resume=FLAGS.resume, cache_clear_cmd=FLAGS.cache_clear_cmd)
   logging.info('workload %s (%s), seed %d, config:\n%s', FLAGS.workload, FLAGS.scale, seed, FLAGS.config)
   return runner.run(workload, options)
 
