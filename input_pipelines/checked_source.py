@@ -10,6 +10,8 @@ from PIL import Image
 from suite.errors import UserError
 
 SKIP_HINT = 're-prepare the dataset or set --config.skip_bad_records=True'
+# A result is scored on the whole eval split: skipping an eval record would score a different, smaller split.
+EVAL_HINT = 're-prepare the dataset (eval records are never skipped: a result is scored on the whole eval split)'
 
 
 class CorruptRecordError(UserError):
@@ -21,16 +23,21 @@ class CheckedSource:
 
   A record whose bytes cannot be read (ArrayRecord/Riegeli framing or hash errors), deserialized, or whose encoded
   image fails PIL's header check and `verify()` (cheap: no pixel decode) raises CorruptRecordError naming the
-  dataset, split, record index and the ArrayRecord file it lives in. With `skip_bad_records`, a bad record is
-  replaced by the next good one (deterministically, so resumed runs see the same stream) and counted instead.
+  dataset, split, record index and the ArrayRecord file it lives in. With `skip_bad_records` (training data
+  only), a bad record is replaced by the next good one (deterministically, so resumed runs see the same stream)
+  and counted instead. An eval source (`is_eval`) never skips.
   """
 
-  def __init__(self, source: Any, dataset: str, split: str, data_dir: str | None, skip_bad_records: bool = False):
+  def __init__(self, source: Any, dataset: str, split: str, data_dir: str | None, skip_bad_records: bool = False,
+               *, is_eval: bool = False):
+    if is_eval and skip_bad_records:
+      raise ValueError(f'{dataset}/{split}: eval records are never skipped (skip_bad_records is for training data)')
     self._source = source
     self._dataset = dataset
     self._split = split
     self._data_dir = data_dir
     self._skip = skip_bad_records
+    self._hint = EVAL_HINT if is_eval else SKIP_HINT
     self._lock = threading.Lock()  # grain reads from several threads.
     self._bad: set[int] = set()
 
@@ -76,7 +83,8 @@ class CheckedSource:
       self._bad.add(index)
       count = len(self._bad)
     if new:  # Once per record: later epochs must not flood the log.
-      logging.warning('skipping bad record %d so far: %s', count, str(error).removesuffix(f'; {SKIP_HINT}'))
+      logging.warning('skipping bad training record %d so far: %s', count,
+                      str(error).removesuffix(f'; {self._hint}'))
 
   def _checked(self, index: int) -> Any:
     try:
@@ -95,7 +103,7 @@ class CheckedSource:
   def _error(self, index: int, what: str, cause: Exception) -> CorruptRecordError:
     reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
     return CorruptRecordError(f'corrupt record: record {index} of {self._dataset}/{self._split} '
-                              f'({self._where(index)}) {what}: {type(cause).__name__}: {reason}; {SKIP_HINT}')
+                              f'({self._where(index)}) {what}: {type(cause).__name__}: {reason}; {self._hint}')
 
   def _where(self, index: int) -> str:
     """'file F, record R in that file' from the split's file instructions (they also cover sliced splits)."""

@@ -34,11 +34,13 @@ def resolve_data_dir(data_dir: str | None) -> str:
   return os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
 
 
-def open_split(dataset: str, split: str, data_dir: str | None, skip_bad_records: bool = False) -> Any:
+def open_split(dataset: str, split: str, data_dir: str | None, skip_bad_records: bool = False, *,
+               is_eval: bool = False) -> Any:
   """A random-access source (len, [i]) over one split; images stay encoded bytes, labels are ints.
 
   Raises UserError with the `tfds build` command when the dataset or split is not prepared in data_dir. A corrupt
-  record raises CorruptRecordError naming its file when read (or, with skip_bad_records, is replaced and counted).
+  record raises CorruptRecordError naming its file when read (or, with skip_bad_records, is replaced and counted:
+  training splits only; an `is_eval` split is always read whole, so skip_bad_records must be False there).
   """
   where = data_dir or os.environ.get('TFDS_DATA_DIR') or tfds_constants.DATA_DIR
   fix = (f'prepare it with `tfds build {dataset} --data_dir={where} --file_format=array_record` '
@@ -57,7 +59,7 @@ def open_split(dataset: str, split: str, data_dir: str | None, skip_bad_records:
   except Exception as e:  # Unknown split (ValueError), TFRecord-only files (NotImplementedError), ...
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise UserError(f'dataset {dataset!r} (split {split!r}) in {where} cannot be read ({reason}): {fix}') from None
-  return checked_source.CheckedSource(source, dataset, split, data_dir, skip_bad_records)
+  return checked_source.CheckedSource(source, dataset, split, data_dir, skip_bad_records, is_eval=is_eval)
 
 
 # --- Per-image preprocessing (numpy/PIL; pure functions of their inputs) ---

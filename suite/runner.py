@@ -12,7 +12,9 @@ import statistics
 from typing import Callable, Iterator
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from suite import cache_clear
 from suite import checkpoint
@@ -143,6 +145,17 @@ def evaluate(workload: Workload, compiled: CompiledSteps, state: TrainState) -> 
                                          compiled.eval_batch_sharding)
   device_outputs = [compiled.eval(state, batch) for batch in batches]
   return workload.eval_metric(jax.device_get(device_outputs))
+
+
+SKIPPED_TRAIN_RECORDS = 'skipped_train_records'  # Our mllog key: corrupt training records replaced by good ones.
+
+
+def skipped_train_records(workload: Workload) -> int:
+  """Corrupt training records the job replaced (--config.skip_bad_records), summed over its processes."""
+  count = workload.skipped_train_records()
+  if jax.process_count() > 1:  # Each process reads its own share of the stream; every process gets here.
+    count = int(multihost_utils.process_allgather(np.int32(count)).sum())
+  return count
 
 
 def log_submission(log: MLPerfLog, workload: Workload, options: RunOptions, platform: str,
@@ -317,6 +330,8 @@ def run(workload: Workload, options: RunOptions) -> dict:
       manager.wait_until_finished()
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
+  skipped = skipped_train_records(workload)
+  log.event(SKIPPED_TRAIN_RECORDS, skipped)  # Final: the train stream is closed. Logged in every run, 0 included.
   metadata = {} if status == 'success' else {'reason': reason}
   clock.run_stop(status, state, **metadata)
   log.close()
@@ -333,6 +348,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
                      mesh, devices, platform, peak_flops, status, reason, epoch, step, metric)
   summary['resumed_from_step'] = resumed_from['step'] if resumed_from else None
   summary['cache_clear'] = cache.as_dict()
+  summary['skipped_train_records'] = skipped
   if is_main:
     outputs.write_json(path(outputs.SUMMARY), summary)
   return summary

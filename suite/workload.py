@@ -106,6 +106,10 @@ class Workload(abc.ABC):
   def num_eval_examples(self) -> int:
     ...
 
+  def skipped_train_records(self) -> int:
+    """Corrupt training records this process replaced so far (--config.skip_bad_records; eval is never skipped)."""
+    return 0
+
   @abc.abstractmethod
   def train_batches(self, seed: int, process_index: int, process_count: int, start_step: int = 0) -> Iterator[dict]:
     """Infinite iterator of this process's share of each global train batch (numpy), from global batch

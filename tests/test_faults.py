@@ -1,6 +1,7 @@
 """Faults end in one clear line and lose nothing: corrupt dataset records, a full disk, a corrupt checkpoint."""
 
 import errno
+import glob
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from input_pipelines import image_classification as pipeline
 from suite import faults, outputs
 from suite.errors import UserError
 from suite.workloads import resnet
+from tests.conftest import check_log, run_suite
 
 SEED = 11
 
@@ -88,6 +90,96 @@ def test_corrupt_image_in_a_run_is_one_line_and_keeps_the_files(dataset, runner,
   assert 'run_start' in open(os.path.join(out, outputs.RESULT_LOG), encoding='utf-8').read()
   assert os.path.getsize(os.path.join(out, outputs.METRICS)) > 0
   assert not os.path.exists(os.path.join(out, outputs.SUMMARY))
+
+
+# --- skip_bad_records: training data only; the eval split is always whole ---
+
+# A small generated dataset in its own folder (8 steps per epoch, one eval batch), so that a whole run is short.
+SMALL = dict(num_train=1024, num_eval=128)
+SMALL_RUN = ['--workload=resnet', '--scale=tiny', f'--seed={SEED}', '--config.max_epochs=1', '--peak_flops=1e12',
+             f'--config.generated.num_train={SMALL["num_train"]}', f'--config.generated.num_eval={SMALL["num_eval"]}',
+             '--config.skip_bad_records=True']
+
+
+@pytest.fixture(scope='module')
+def small_dataset(tmp_path_factory):
+  c = resnet.get_config('tiny')
+  data_dir = str(tmp_path_factory.mktemp('tfds-small'))
+  name = generated_images.ensure_generated_images(data_dir, num_classes=c.num_classes,
+                                                  image_size=c.generated.image_size, **SMALL)
+  return name, data_dir
+
+
+def _split_file(data_dir, split):
+  (path,) = glob.glob(os.path.join(data_dir, 'generated_images', '*', '*', f'generated_images-{split}.array_record-*'))
+  return path
+
+
+def _mllog(out):
+  with open(os.path.join(out, outputs.RESULT_LOG), encoding='utf-8') as f:
+    return [json.loads(line.split(':::MLLOG ', 1)[1]) for line in f]
+
+
+def test_eval_records_are_never_skipped_by_the_workload(small_dataset, tmp_path):
+  name, data_dir = small_dataset
+  copy = faults.copy_dataset(data_dir, str(tmp_path / 'tfds'))
+  faults.corrupt_image_record(_split_file(copy, 'validation'), 7)
+  faults.corrupt_image_record(_split_file(copy, 'train'), 7)
+  config = resnet.get_config('tiny')
+  config.generated.update(**SMALL)
+  config.skip_bad_records = True
+  workload = resnet.ResNetWorkload(config, 'tiny')
+  workload.open_data(copy)
+  plain = pipeline.open_split(name, 'train', copy)
+  assert workload._train_source[7]['file_name'] == plain[8]['file_name']  # The next good record stands in.
+  assert workload.skipped_train_records() == 1
+  with pytest.raises(checked_source.CorruptRecordError) as raised:
+    workload._eval_source[7]
+  message = str(raised.value)
+  assert f'record 7 of {name}/validation' in message and 'never skipped' in message
+  assert 'skip_bad_records=True' not in message  # No hint at a setting that cannot help.
+  with pytest.raises(ValueError, match='never skipped'):
+    pipeline.open_split(name, 'validation', copy, skip_bad_records=True, is_eval=True)
+
+
+@pytest.mark.slow
+def test_a_corrupt_eval_record_ends_the_run_in_one_line_even_when_skipping(small_dataset, tmp_path):
+  name, data_dir = small_dataset
+  copy = faults.copy_dataset(data_dir, str(tmp_path / 'tfds'))
+  path = _split_file(copy, 'validation')
+  faults.corrupt_image_record(path, 100)
+  out = str(tmp_path / 'run')
+  result = run_suite(*SMALL_RUN, f'--data_dir={copy}', f'--output_dir={out}')
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert faults.clean_error(result.stderr), result.stderr[-3000:]
+  (line,) = faults.error_lines(result.stderr)
+  assert f'record 100 of {name}/validation' in line and f'{path}, record 100 in that file' in line
+  assert 'cannot be decoded' in line and 'never skipped' in line
+  assert not os.path.exists(os.path.join(out, outputs.SUMMARY))  # No result scored on part of the eval split.
+
+
+@pytest.mark.slow
+def test_skipped_train_records_are_counted_in_the_summary_and_the_log(small_dataset, tmp_path):
+  _, data_dir = small_dataset
+  copy = faults.copy_dataset(data_dir, str(tmp_path / 'tfds'))
+  path = _split_file(copy, 'train')
+  for index in (3, 500, 1023):  # Every example is read once per epoch: all three are met in the one epoch.
+    faults.corrupt_image_record(path, index)
+  out = str(tmp_path / 'run')
+  result = run_suite(*SMALL_RUN, f'--data_dir={copy}', f'--output_dir={out}')
+  assert result.returncode in (0, 1), result.stderr[-3000:]
+  summary = json.loads(open(os.path.join(out, outputs.SUMMARY), encoding='utf-8').read())
+  assert summary['skipped_train_records'] == 3 and summary['final_metric'] is not None
+  events = _mllog(out)
+  (skipped,) = [e for e in events if e['key'] == 'skipped_train_records']
+  assert skipped['value'] == 3
+  keys = [e['key'] for e in events]
+  assert keys.index('skipped_train_records') < keys.index('run_stop')
+  # The log says what happened to the cache too: its cache_clear value is the one summary.json explains.
+  (cache_clear,) = [e['value'] for e in events if e['key'] == 'cache_clear']
+  assert cache_clear == summary['cache_clear']['cleared'] and (cache_clear or summary['cache_clear']['error'])
+  checker = check_log(os.path.join(out, outputs.RESULT_LOG))
+  assert 'SUCCESS' in checker.stdout + checker.stderr, checker.stdout + checker.stderr
 
 
 # --- Disk full ---

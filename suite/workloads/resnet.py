@@ -29,7 +29,7 @@ def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
   c.image_size = 224
   c.crop_min_scale = 0.08
   c.data_threads = 16
-  c.skip_bad_records = False  # True: replace an undecodable record by the next good one, and count it.
+  c.skip_bad_records = False  # True: replace an undecodable train record by the next good one, and count it.
   c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0))
   # Model.
   c.model = ml_collections.ConfigDict(dict(depth=50, width=64, stage_sizes=(0,), small_stem=False,
@@ -119,7 +119,10 @@ class ResNetWorkload(workload_lib.Workload):
           data_dir, num_classes=c.num_classes, image_size=g.image_size, num_train=g.num_train,
           num_eval=g.num_eval)
     self._train_source = pipeline.open_split(name, c.train_split, data_dir, c.skip_bad_records)
-    self._eval_source = pipeline.open_split(name, c.eval_split, data_dir, c.skip_bad_records)
+    self._eval_source = pipeline.open_split(name, c.eval_split, data_dir, is_eval=True)
+
+  def skipped_train_records(self):
+    return self._train_source.num_bad_records if self._train_source is not None else 0
 
   @property
   def num_train_examples(self):

@@ -82,7 +82,10 @@ class DetectionWorkload(workload_lib.Workload):
           data_dir, num_classes=c.num_classes, image_size=g.image_size, num_train=g.num_train,
           num_eval=g.num_eval)
     self._train_source = image_classification.open_split(name, c.train_split, data_dir, c.skip_bad_records)
-    self._eval_source = image_classification.open_split(name, c.eval_split, data_dir, c.skip_bad_records)
+    self._eval_source = image_classification.open_split(name, c.eval_split, data_dir, is_eval=True)
+
+  def skipped_train_records(self):
+    return self._train_source.num_bad_records if self._train_source is not None else 0
 
   @property
   def num_train_examples(self):
