@@ -46,7 +46,9 @@ def test_tiny_resnet_reaches_target_with_a_compliant_log(tmp_path, data_dir):
   assert by_key['seed']['value'] == 7
   assert by_key['run_stop']['metadata']['status'] == 'success'
   run_s = (by_key['run_stop']['time_ms'] - by_key['run_start']['time_ms']) / 1e3
-  assert abs(run_s - summary['time_to_train_s']) < 0.01  # summary.json and the log tell the same time.
+  # summary.json and the log tell the same time: both come from the same clock readings, so only the log's
+  # rounding to whole milliseconds separates them, however loaded the machine.
+  assert abs(run_s - summary['time_to_train_s']) <= 0.001 + 1e-9
 
   metrics = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
   evals = [m for m in metrics if m['kind'] == 'eval']
