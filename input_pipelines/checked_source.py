@@ -77,6 +77,12 @@ class CheckedSource:
     with self._lock:
       return len(self._bad)
 
+  @property
+  def bad_records(self) -> list[int]:
+    """Indices of the bad records met so far, sorted (only counted with skip_bad_records)."""
+    with self._lock:
+      return sorted(self._bad)
+
   def _count_bad(self, index: int, error: CorruptRecordError) -> None:
     with self._lock:
       new = index not in self._bad

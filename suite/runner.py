@@ -151,11 +151,18 @@ SKIPPED_TRAIN_RECORDS = 'skipped_train_records'  # Our mllog key: corrupt traini
 
 
 def skipped_train_records(workload: Workload) -> int:
-  """Corrupt training records the job replaced (--config.skip_bad_records), summed over its processes."""
-  count = workload.skipped_train_records()
-  if jax.process_count() > 1:  # Each process reads its own share of the stream; every process gets here.
-    count = int(multihost_utils.process_allgather(np.int32(count)).sum())
-  return count
+  """Distinct corrupt training records the job replaced (--config.skip_bad_records), over all its processes.
+
+  A union, not a sum: over the epochs every process meets every bad record in its share of some epoch.
+  """
+  local = np.asarray(workload.skipped_train_records(), np.int32)
+  if jax.process_count() == 1:
+    return len(set(local.tolist()))
+  longest = int(multihost_utils.process_allgather(np.int32(local.size)).max())  # Every process gets here.
+  padded = np.full(max(longest, 1), -1, np.int32)
+  padded[:local.size] = local
+  everyone = multihost_utils.process_allgather(padded)
+  return len(set(everyone[everyone >= 0].tolist()))
 
 
 def log_submission(log: MLPerfLog, workload: Workload, options: RunOptions, platform: str,

@@ -106,9 +106,10 @@ class Workload(abc.ABC):
   def num_eval_examples(self) -> int:
     ...
 
-  def skipped_train_records(self) -> int:
-    """Corrupt training records this process replaced so far (--config.skip_bad_records; eval is never skipped)."""
-    return 0
+  def skipped_train_records(self) -> list[int]:
+    """Indices of the corrupt training records this process replaced so far (--config.skip_bad_records; eval
+    records are never skipped)."""
+    return []
 
   @abc.abstractmethod
   def train_batches(self, seed: int, process_index: int, process_count: int, start_step: int = 0) -> Iterator[dict]:

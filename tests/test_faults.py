@@ -132,7 +132,7 @@ def test_eval_records_are_never_skipped_by_the_workload(small_dataset, tmp_path)
   workload.open_data(copy)
   plain = pipeline.open_split(name, 'train', copy)
   assert workload._train_source[7]['file_name'] == plain[8]['file_name']  # The next good record stands in.
-  assert workload.skipped_train_records() == 1
+  assert workload.skipped_train_records() == [7]
   with pytest.raises(checked_source.CorruptRecordError) as raised:
     workload._eval_source[7]
   message = str(raised.value)

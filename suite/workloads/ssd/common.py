@@ -85,7 +85,7 @@ class DetectionWorkload(workload_lib.Workload):
     self._eval_source = image_classification.open_split(name, c.eval_split, data_dir, is_eval=True)
 
   def skipped_train_records(self):
-    return self._train_source.num_bad_records if self._train_source is not None else 0
+    return self._train_source.bad_records if self._train_source is not None else []
 
   @property
   def num_train_examples(self):
