@@ -30,7 +30,8 @@ flags.DEFINE_string('submission_org', 'jax-suite', 'submission_org in the MLPerf
 flags.DEFINE_string('submission_platform', '', "submission_platform in the log (default: '<n>x<device kind>').")
 flags.DEFINE_enum('submission_status', 'onprem', ['cloud', 'onprem', 'preview', 'research'],
                   'submission_status in the MLPerf log.')
-flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for MFU (default: data sheet, or measured on CPU).')
+flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for FLOPs utilisation (default: the device kind\'s '
+                   'data-sheet dense bf16 peak; measured on CPU; none for other kinds).')
 flags.DEFINE_bool('overwrite', False, 'Replace the files of a finished run in --output_dir.')
 flags.DEFINE_string('mesh', 'data:-1,fsdp:1,tensor:1', 'Device mesh within a slice, AXIS:SIZE over data, fsdp '
                     'and tensor; one size may be -1 (inferred).')
@@ -130,8 +131,13 @@ def human_line(s: dict) -> str:
   return (f"{s['workload']} ({s['scale']}, {s['division']}): {s['status']}"
           f"{'' if s['status'] == 'success' else ' (' + s['reason'] + ')'}, time to train "
           f"{s['time_to_train_s']:.1f} s; {s['target_metric']} {metric} {verdict} target "
-          f"{s['target']}; {s['train_steps']} steps, {s['samples_per_s']:.0f} samples/s, MFU {s['mfu']:.3f}; "
+          f"{s['target']}; {s['train_steps']} steps, {s['samples_per_s']:.0f} samples/s, "
+          f"MFU {_fraction(s['model_flops_utilization'])} (XLA FLOPs {_fraction(s['xla_flops_utilization'])}); "
           f"files in {s['output_dir']}")
+
+
+def _fraction(value: float | None) -> str:
+  return 'n/a' if value is None else f'{value:.3f}'
 
 
 def main(argv):

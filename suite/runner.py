@@ -190,12 +190,10 @@ def log_hyperparameters(log: MLPerfLog, workload: Workload, seed: int, params=No
       log.event(key, value, metadata=metadata)
 
 
-def _peak_flops(options: RunOptions) -> float:
-  if options.peak_flops:
-    return options.peak_flops
-  # A measured CPU peak is the whole host's; its (possibly fake) devices share it.
-  return (mfu_lib.peak_flops_per_device(jax.devices()[0])
-          or mfu_lib.measure_peak_flops() / jax.local_device_count())
+def _peak_flops(options: RunOptions) -> mfu_lib.Peak:
+  """--peak_flops, else the device kind's data-sheet peak, else (CPU only) the host's measured peak shared by its
+  devices; an accelerator missing from the table gets none (utilisation null), never a measured figure."""
+  return mfu_lib.resolve_peak(jax.local_devices(), options.peak_flops)
 
 
 class PeriodicCheckpointer:
@@ -255,7 +253,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
   writer = outputs.MetricsWriter(path(outputs.METRICS))
   clock = Clock(log)
   platform = options.submission_platform or f'{len(devices)}x{devices[0].device_kind}'
-  peak_flops = _peak_flops(options)  # Measuring it on CPU runs a matmul: keep it out of init.
+  peak = _peak_flops(options)  # Measuring it on CPU runs a matmul: keep it out of init.
 
   # A resumed run's log already holds its submission, init and run_start lines: "exactly once" keys stay once.
   init_log = MLPerfLog(None, enabled=False) if resumable else log
@@ -352,7 +350,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
                     clock.compiles_after_run_start)
 
   summary = _summary(workload, options, clock, compiled, monitor, train_batches.wait_s, checkpointer.seconds,
-                     mesh, devices, platform, peak_flops, status, reason, epoch, step, metric)
+                     mesh, devices, platform, peak, status, reason, epoch, step, metric)
   summary['resumed_from_step'] = resumed_from['step'] if resumed_from else None
   summary['cache_clear'] = cache.as_dict()
   summary['skipped_train_records'] = skipped
@@ -362,7 +360,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
 
 
 def _summary(workload, options, clock, compiled, monitor, data_wait_s, checkpoint_s, mesh, devices, platform,
-             peak_flops, status, reason, epoch, step, metric) -> dict:
+             peak, status, reason, epoch, step, metric) -> dict:
   train_s = clock.time_to_train_s - clock.eval_s
   productive_s = train_s - data_wait_s - checkpoint_s
   goodput = {  # Where the wall time from init_start to run_stop went; only 'train_s' moves the model forward.
@@ -370,7 +368,9 @@ def _summary(workload, options, clock, compiled, monitor, data_wait_s, checkpoin
       'data_wait_s': data_wait_s, 'checkpoint_s': checkpoint_s, 'train_s': productive_s,
       'goodput': productive_s / (clock.init_s + clock.time_to_train_s)}
   step_time = statistics.median(monitor.step_times) if monitor.step_times else train_s / max(step, 1)
-  flops = mfu_lib.compiled_flops(compiled.train)
+  xla_flops = mfu_lib.compiled_flops(compiled.train)
+  model_flops = mfu_lib.model_flops_per_step_per_device(workload.model_flops_per_example(),
+                                                        workload.global_batch_size, len(devices))
   return {
       'workload': workload.benchmark, 'scale': workload.scale, 'division': options.division,
       'status': status, 'reason': reason, 'seed': options.seed,
@@ -379,8 +379,11 @@ def _summary(workload, options, clock, compiled, monitor, data_wait_s, checkpoin
       'eval_s': clock.eval_s, 'epochs': epoch, 'train_steps': step,
       'train_samples': step * workload.global_batch_size,
       'samples_per_s': step * workload.global_batch_size / train_s if train_s > 0 else 0.0,
-      'step_time_s': step_time, 'flops_per_step_per_device': flops, 'peak_flops_per_device': peak_flops,
-      'mfu': mfu_lib.mfu(flops, step_time, peak_flops), 'compiles_after_run_start': clock.compiles_after_run_start,
+      'step_time_s': step_time, 'peak_flops_per_device': peak.flops_per_device, 'peak_flops_source': peak.source,
+      'xla_flops_per_step_per_device': xla_flops, 'model_flops_per_step_per_device': model_flops,
+      'xla_flops_utilization': mfu_lib.utilization(xla_flops, step_time, peak.flops_per_device),
+      'model_flops_utilization': mfu_lib.utilization(model_flops, step_time, peak.flops_per_device),
+      'compiles_after_run_start': clock.compiles_after_run_start,
       'global_batch_size': workload.global_batch_size, 'num_devices': len(devices),
       'mesh': dict(mesh.shape), 'goodput': goodput,
       'num_processes': jax.process_count(), 'device_kind': devices[0].device_kind, 'platform': platform,

@@ -153,6 +153,12 @@ class Workload(abc.ABC):
   def hyperparameters(self, steps_per_epoch: float) -> dict:
     """mllog key -> value of every hyperparameter the closed ruleset checks (besides the common ones)."""
 
+  def model_flops_per_example(self) -> float | None:
+    """Analytic training FLOPs of one example, for model-FLOPs utilisation (MLPerf / MaxText convention: 3 x the
+    forward's 2 x MACs of its convolutions and dense layers; models/flops.py counts them from layer shapes).
+    None: no analytic count, and the summary's `model_flops_utilization` is null."""
+    return None
+
   def init_log_events(self, params) -> list[tuple[str, object, dict]]:
     """(key, value, metadata) events a ruleset wants logged at init, e.g. weights_initialization; none by default."""
     del params

@@ -9,7 +9,7 @@ from tests.conftest import check_log, run_suite
 
 SUMMARY_FIELDS = {'workload', 'scale', 'division', 'status', 'target_metric', 'target', 'final_metric',
                   'time_to_train_s', 'init_s', 'compile_s', 'train_steps', 'train_samples', 'samples_per_s',
-                  'step_time_s', 'mfu'}
+                  'step_time_s', 'xla_flops_utilization', 'model_flops_utilization', 'peak_flops_source'}
 
 
 def _mllog(path):
@@ -30,7 +30,10 @@ def test_tiny_resnet_reaches_target_with_a_compliant_log(tmp_path, data_dir):
   assert summary['status'] == 'success'
   assert summary['final_metric'] >= summary['target'] == 0.9
   assert summary['compiles_after_run_start'] == 0  # No compile inside the timed region.
-  assert 0 < summary['mfu'] < 1
+  # FLOPs utilisation over the host's measured peak (one CPU device); the model count is the workload's hook.
+  assert summary['peak_flops_source'] == 'measured_cpu'
+  assert 0 < summary['xla_flops_utilization'] < 1 and 0 < summary['model_flops_utilization'] < 1
+  assert summary['model_flops_per_step_per_device'] == 6 * 12_501_632 * 128  # 12.5 M MACs: tests/test_mfu.py
   assert summary['train_samples'] == summary['train_steps'] * 128
 
   checker = check_log(str(out / 'result_0.txt'))

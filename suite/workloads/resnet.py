@@ -14,6 +14,7 @@ import optax
 
 from input_pipelines import generated_images
 from input_pipelines import image_classification as pipeline
+from models import flops
 from models import resnet
 from suite import workload as workload_lib
 
@@ -165,6 +166,9 @@ class ResNetWorkload(workload_lib.Workload):
     size = self.config.image_size
     variables = self.model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
     return variables['params'], {'batch_stats': variables['batch_stats']}
+
+  def model_flops_per_example(self):
+    return flops.training_flops_per_example(self.model, self.batch_shapes(1, train=False)['image'], train=False)
 
   def loss(self, params, model_state, batch, rng):
     del rng  # ResNet training is deterministic given the batch.

@@ -17,6 +17,7 @@ from input_pipelines import detection as pipeline
 from input_pipelines import generated_detection
 from input_pipelines import image_classification
 from models import box_ops
+from models import flops
 from suite import workload as workload_lib
 
 # Columns of one detection in an inference response: normalised box (ymin, xmin, ymax, xmax), score, class.
@@ -125,6 +126,9 @@ class DetectionWorkload(workload_lib.Workload):
     s = self.config.image_size
     variables = self.model.init(rng, jnp.zeros((1, s, s, 3), jnp.float32), train=False)
     return variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+
+  def model_flops_per_example(self):
+    return flops.training_flops_per_example(self.model, self.batch_shapes(1, train=False)['image'], train=False)
 
   def loss(self, params, model_state, batch, rng):
     del rng
