@@ -82,7 +82,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
   if os.path.exists(summary) and not overwrite:
     raise UserError(f'{output_dir} already holds an inference run: choose a new --output_dir or pass --overwrite')
   os.makedirs(output_dir, exist_ok=True)
-  for name in ('summary.json', infer_loadgen.SUMMARY_FILE, infer_loadgen.ACCURACY_LOG):
+  for name in ('summary.json', infer_loadgen.SUMMARY_FILE, infer_loadgen.DETAIL_LOG, infer_loadgen.ACCURACY_LOG):
     if os.path.exists(os.path.join(output_dir, name)):
       os.remove(os.path.join(output_dir, name))
 
@@ -158,6 +158,8 @@ def run(workload, options: InferOptions) -> dict:
 
   stats = execute(settings, library, predictor, finish, policy, options.output_dir)
   result = infer_loadgen.read_result(options.output_dir, options.scenario)
+  # Any failed sample, LoadGen error or LoadGen INVALID makes the run INVALID, whatever LoadGen's own verdict.
+  invalid = infer_loadgen.judge(result, options.mode, stats['errors'], stats['error_messages'])
   accuracy = None
   if options.mode == 'accuracy':
     log = infer_accuracy.read_accuracy_log(os.path.join(options.output_dir, infer_loadgen.ACCURACY_LOG))
@@ -165,8 +167,8 @@ def run(workload, options: InferOptions) -> dict:
   summary = {
       'workload': options.workload, 'model': infer_model.loadgen_model(workload), 'scale': options.scale,
       'scenario': options.scenario, 'mode': options.mode,
-      'result': result['result'] if options.mode == 'performance' else None,
-      'valid': result['valid'] if options.mode == 'performance' else None,
+      'result': 'INVALID' if invalid else 'VALID', 'valid': not invalid, 'reason': '; '.join(invalid) or None,
+      'loadgen_result': result['result'],
       'headline': result.get('headline'), 'headline_value': result.get(result.get('headline')),
       'accuracy': accuracy, **stats, 'batch_sizes': sorted(predictor.executables),
       'policy': dataclasses.asdict(policy), 'compile_s': predictor.compile_s,
@@ -196,6 +198,8 @@ def human_line(s: dict) -> str:
   else:
     value = s['headline_value']
     figure = f"{s['result']}, {s['headline']} {'n/a' if value is None else f'{value:.4g}'}"
+  if not s['valid']:
+    figure = f"{figure}; INVALID: {s['reason']}" if s['mode'] == 'accuracy' else f"{figure} ({s['reason']})"
   return (f"{s['model']} ({s['scale']}) {s['scenario']} {s['mode']}: {figure}; errors {s['errors']}; "
           f"files in {s['output_dir']}")
 
@@ -235,9 +239,8 @@ def main(argv) -> int:
     return 2
   print(human_line(summary), flush=True)
   print(json.dumps({k: summary[k] for k in ('scenario', 'mode', 'result', 'headline', 'headline_value',
-                                            'errors')}), flush=True)
-  ok = summary['errors'] == 0 and (summary['mode'] == 'accuracy' or summary['valid'])
-  return 0 if ok else 1
+                                            'errors', 'reason')}), flush=True)
+  return 0 if summary['valid'] else 1
 
 
 if __name__ == '__main__':

@@ -3,7 +3,8 @@
 `python -m suite.infer_bench --workload=resnet --scale=tiny [--checkpoint=DIR]` prints one JSON object:
 `offline_sut_samples_per_s` (LoadGen Offline through the SUT), `offline_bare_samples_per_s` (the same compiled
 forward over the same host batches in a plain loop), their `offline_ratio` (goal >= 0.9), and the highest
-Server target QPS that ended VALID at the official latency bound (`server_qps_at_bound`).
+Server target QPS that ended VALID at the official latency bound (`server_qps_at_bound`). Only runs that are
+VALID with no failed sample count: an invalid Offline run reports no SUT figure and exits 1.
 """
 
 import json
@@ -67,6 +68,7 @@ def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: f
   settings.offline_expected_qps = 1.2 * bare  # Over, not under: enough samples to fill the minimum duration.
   stats = infer_lib.execute(settings, library, predictor, finish, policy, os.path.join(out, 'offline'))
   sut = infer_loadgen.read_result(os.path.join(out, 'offline'), 'Offline')
+  offline_invalid = infer_loadgen.judge(sut, 'performance', stats['errors'], stats['error_messages'])
 
   server_runs, bound_ms = [], None
   for fraction in fractions:
@@ -80,22 +82,32 @@ def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: f
                                   BatchPolicy(options.server_batch_size, options.server_batch_timeout_ms / 1e3),
                                   folder)
     result = infer_loadgen.read_result(folder, 'Server')
-    p99 = infer_loadgen.parse_summary(open(os.path.join(folder, infer_loadgen.SUMMARY_FILE),
-                                           encoding='utf-8').read()).get('99.00 percentile latency (ns)')
-    server_runs.append({'target_qps': s.server_target_qps, 'valid': result['valid'],
+    invalid = infer_loadgen.judge(result, 'performance', run_stats['errors'], run_stats['error_messages'])
+    server_runs.append({'target_qps': s.server_target_qps, 'valid': not invalid, 'reason': '; '.join(invalid) or None,
                         'completed_samples_per_s': result['samples_per_s'], 'errors': run_stats['errors'],
-                        'p99_latency_ms': float(p99) / 1e6 if p99 else None})
-  valid = [r for r in server_runs if r['valid'] and not r['errors']]
+                        'p99_latency_ms': result['p99_latency_ms']})
+  offline_sut = counted({'valid': not offline_invalid, 'errors': stats['errors'],
+                        'samples_per_s': sut['samples_per_s']}, 'samples_per_s')
   return {
       'workload': options.workload, 'scale': options.scale, 'offline_batch_size': batch,
-      'offline_sut_samples_per_s': sut['samples_per_s'], 'offline_valid': sut['valid'],
-      'offline_bare_samples_per_s': bare,
-      'offline_ratio': sut['samples_per_s'] / bare if sut['samples_per_s'] else None,
+      'offline_sut_samples_per_s': offline_sut, 'offline_valid': not offline_invalid,
+      'offline_reason': '; '.join(offline_invalid) or None, 'offline_bare_samples_per_s': bare,
+      'offline_ratio': offline_sut / bare if offline_sut else None,
       'offline_errors': stats['errors'],
       'server_latency_bound_ms': bound_ms,
-      'server_qps_at_bound': max((r['completed_samples_per_s'] for r in valid), default=None),
+      'server_qps_at_bound': server_qps_at_bound(server_runs),
       'server_runs': server_runs, 'output_dir': os.path.abspath(out),
   }
+
+
+def counted(run: dict, key: str) -> float | None:
+  """A run's figure if it counts: a valid run with no failed sample; otherwise None."""
+  return run[key] if run['valid'] and not run['errors'] else None
+
+
+def server_qps_at_bound(server_runs: list[dict]) -> float | None:
+  """The highest completed QPS among the Server runs that count (valid, no failed sample)."""
+  return max((q for r in server_runs if (q := counted(r, 'completed_samples_per_s')) is not None), default=None)
 
 
 def main(argv) -> int:
@@ -116,7 +128,7 @@ def main(argv) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(json.dumps(result, indent=2), flush=True)
-  return 0
+  return 0 if result['offline_valid'] else 1  # The Offline figure is the bench's point; Server sweeps past VALID.
 
 
 if __name__ == '__main__':

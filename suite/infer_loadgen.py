@@ -1,8 +1,8 @@
 """LoadGen test settings (mlperf.conf, user.conf, flags, calibration), one test run, and reading its summary."""
 
 import dataclasses
+import json
 import os
-import re
 import time
 from typing import Callable
 
@@ -13,14 +13,21 @@ from suite.errors import UserError
 SCENARIOS = ('SingleStream', 'MultiStream', 'Server', 'Offline')
 MODES = {'performance': 'PerformanceOnly', 'accuracy': 'AccuracyOnly'}
 SUMMARY_FILE = 'mlperf_log_summary.txt'
+DETAIL_LOG = 'mlperf_log_detail.txt'
 ACCURACY_LOG = 'mlperf_log_accuracy.json'
-# The summary line holding each scenario's headline figure, and what it is.
+# Each scenario's headline as the MLPerf Inference submission checker reads it (RESULT_FIELD_NEW, v2.0 to v6.0):
+# a key of mlperf_log_detail.txt, and what it is. SingleStream and MultiStream report LoadGen's early-stopping
+# estimate of the 90th (per sample) and 99th (per query) percentile latency, which bounds the percentile with
+# confidence over the queries run; the raw percentile atop mlperf_log_summary.txt is lower, and no result.
 HEADLINE = {
-    'SingleStream': (r'90\.0th percentile latency \(ns\)', 'p90_latency_ms'),
-    'MultiStream': (r'99\.0th percentile latency \(ns\)', 'p99_latency_ms'),
-    'Server': (r'Completed samples per second', 'samples_per_s'),
-    'Offline': (r'Samples per second', 'samples_per_s'),
+    'SingleStream': ('early_stopping_latency_ss', 'p90_early_stopping_latency_ms'),
+    'MultiStream': ('early_stopping_latency_ms', 'p99_early_stopping_latency_ms'),
+    'Server': ('result_completed_samples_per_sec', 'samples_per_s'),
+    'Offline': ('result_samples_per_second', 'samples_per_s'),
 }
+# Detail-log checks behind LoadGen's "Result is: INVALID", named when one failed.
+VALIDITY_CHECKS = ('result_min_duration_met', 'result_min_queries_met', 'early_stopping_met',
+                   'result_perf_constraints_met')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,33 +158,61 @@ def run_test(sut_handle, qsl_handle, settings, output_dir: str) -> None:
   lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings)
 
 
-def parse_summary(text: str) -> dict[str, str]:
-  """'key : value' lines of mlperf_log_summary.txt (the first of each key)."""
-  fields: dict[str, str] = {}
-  for line in text.splitlines():
-    key, sep, value = line.partition(':')
-    if sep and key.strip() and key.strip() not in fields:
-      fields[key.strip()] = value.strip()
-  return fields
-
-
-def headline(scenario: str, fields: dict[str, str]) -> tuple[str, float | None]:
-  """(name, value) of the scenario's headline figure from the parsed summary (latencies in ms)."""
-  pattern, name = HEADLINE[scenario]
-  for key, value in fields.items():
-    if re.fullmatch(pattern, key):
-      number = float(value)
-      return name, number / 1e6 if name.endswith('_ms') else number
-  return name, None
+def read_detail_log(path: str) -> tuple[dict, list[str]]:
+  """(first value of each key, the messages LoadGen flagged `is_error`) of an mlperf_log_detail.txt, read as the
+  submission checker's log parser reads it: the JSON after `:::MLLOG ` on each line."""
+  fields: dict = {}
+  errors: list[str] = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      _, sep, payload = line.partition(':::MLLOG ')
+      if not sep:
+        continue
+      try:
+        entry = json.loads(payload)
+      except json.JSONDecodeError:
+        continue  # LoadGen writes each line whole; a torn last line of a killed run says nothing.
+      fields.setdefault(entry.get('key'), entry.get('value'))
+      if (entry.get('metadata') or {}).get('is_error'):
+        errors.append(f"{entry.get('key')}: {entry.get('value')}")
+  return fields, errors
 
 
 def read_result(output_dir: str, scenario: str) -> dict:
-  """Validity and the headline figure of a performance run."""
-  path = os.path.join(output_dir, SUMMARY_FILE)
+  """LoadGen's verdict and the scenario's headline figure (latencies in ms) from the detail log, as the
+  submission checker takes them; `checks_failed` names the detail-log checks behind an INVALID."""
+  key, name = HEADLINE[scenario]
+  path = os.path.join(output_dir, DETAIL_LOG)
   if not os.path.exists(path):
-    return {'result': None, 'valid': None}
-  with open(path, encoding='utf-8') as f:
-    fields = parse_summary(f.read())
-  name, value = headline(scenario, fields)
-  return {'result': fields.get('Result is'), 'valid': fields.get('Result is') == 'VALID', name: value,
-          'headline': name}
+    return {'result': None, 'valid': None, 'headline': name, name: None, 'checks_failed': [], 'loadgen_errors': []}
+  fields, errors = read_detail_log(path)
+  raw = fields.get(key)
+  value = None if raw is None else float(raw) / 1e6 if name.endswith('_ms') else float(raw)
+  result = {'result': fields.get('result_validity'), 'valid': fields.get('result_validity') == 'VALID',
+            'headline': name, name: value, 'checks_failed': [c for c in VALIDITY_CHECKS if fields.get(c) is False],
+            'loadgen_errors': errors}
+  if scenario == 'Server':
+    p99 = fields.get('result_99.00_percentile_latency_ns')
+    result['p99_latency_ms'] = None if p99 is None else float(p99) / 1e6
+  return result
+
+
+def judge(result: dict, mode: str, sut_errors: int, sut_error_messages: list[str] = ()) -> list[str]:
+  """Why a test's result is INVALID (empty: it is valid). A performance run needs LoadGen's VALID and a positive
+  headline (an early-stopping estimate of 0 means too few queries); any run is INVALID when LoadGen logged an
+  error or the SUT failed a sample (answered empty so LoadGen could finish: its timing and answers are not the
+  system's)."""
+  reasons = []
+  if mode == 'performance':
+    if result['result'] != 'VALID':
+      failed = f" ({', '.join(result['checks_failed'])} false)" if result['checks_failed'] else ''
+      reasons.append(f"LoadGen result {result['result'] or 'missing'}{failed}")
+    value = result.get(result['headline'])
+    if result['result'] == 'VALID' and not value:
+      reasons.append(f"no {result['headline']} in {DETAIL_LOG}")
+  if result['loadgen_errors']:
+    reasons.append(f"LoadGen logged {len(result['loadgen_errors'])} error(s), first: {result['loadgen_errors'][0]}")
+  if sut_errors:
+    first = f', first: {sut_error_messages[0]}' if sut_error_messages else ''
+    reasons.append(f'the SUT failed {sut_errors} sample(s){first}')
+  return reasons

@@ -1,12 +1,13 @@
 """MLPerf LoadGen inference on the tiny ResNet: every scenario VALID, accuracy = training eval, no lost sample."""
 
 import json
+import os
 import threading
 
 import numpy as np
 import pytest
 
-from suite import infer_loadgen, infer_model, registry
+from suite import infer_bench, infer_loadgen, infer_model, registry
 from suite.sut import SUT, BatchPolicy, Sample, take_batch
 from tests.conftest import run_suite
 
@@ -22,6 +23,16 @@ SHORT = {
                '--server_target_latency_ms=500'],
     'Offline': ['--min_duration_ms=1000', '--min_query_count=512'],
 }
+
+
+# What the MLPerf Inference submission checker (tools/submission/submission_checker.py, RESULT_FIELD_NEW for v2.0 to
+# v6.0) reads from mlperf_log_detail.txt as each scenario's result.
+CHECKER_RESULT_FIELD = {'SingleStream': 'early_stopping_latency_ss', 'MultiStream': 'early_stopping_latency_ms',
+                        'Server': 'result_completed_samples_per_sec', 'Offline': 'result_samples_per_second'}
+# Logs of real LoadGen 6.0.17 runs of the tiny ResNet (`python -m suite.infer --workload=resnet --scale=tiny
+# --platform=cpu --mode=performance --scenario=SingleStream --min_duration_ms=2000`, and MultiStream with
+# --min_duration_ms=1000 --min_query_count=662), kept as fixtures.
+LOADGEN_LOGS = os.path.join(os.path.dirname(__file__), 'data', 'loadgen')
 
 
 @pytest.fixture(scope='module')
@@ -50,7 +61,14 @@ def test_each_scenario_is_valid_in_performance_mode(trained, data_dir, tmp_path,
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['scenario'] == scenario and summary['valid'] is True and summary['errors'] == 0
   assert summary['headline_value'] > 0
-  assert (out / 'mlperf_log_detail.txt').exists()
+  # The headline is the detail log's figure the submission checker reads (the early-stopping estimate for
+  # SingleStream and MultiStream), read here independently of the suite's parser.
+  detail = {}
+  for line in (out / 'mlperf_log_detail.txt').read_text().splitlines():
+    entry = json.loads(line.split(':::MLLOG ', 1)[1])
+    detail.setdefault(entry['key'], entry['value'])
+  key = CHECKER_RESULT_FIELD[scenario]
+  assert summary['headline_value'] == detail[key] / (1e6 if scenario.endswith('Stream') else 1)
 
 
 @pytest.mark.slow
@@ -152,3 +170,73 @@ def test_batch_sizes_cover_each_scenario():
   assert infer_model.batch_sizes_for('MultiStream', 8, 8) == (8,)
   assert infer_model.batch_sizes_for('Offline', 8, 128) == (1, 128)
   assert infer_model.batch_sizes_for('Server', 8, 16) == (1, 2, 4, 8, 16)
+
+
+@pytest.mark.parametrize('scenario, estimate_ns, raw_ns', [('SingleStream', 2_733_746, 2_591_399),
+                                                            ('MultiStream', 15_855_632, 14_491_854)])
+def test_latency_headline_is_the_early_stopping_estimate(scenario, estimate_ns, raw_ns):
+  folder = os.path.join(LOADGEN_LOGS, scenario)
+  with open(os.path.join(folder, 'mlperf_log_summary.txt'), encoding='utf-8') as f:
+    text = f.read()
+  # The summary's top line is the raw percentile; its early-stopping section gives the estimate that is the result.
+  percentile = '90.0' if scenario == 'SingleStream' else '99.0'
+  assert f'{percentile}th percentile latency (ns) : {raw_ns}' in text
+  assert f'Early stopping {percentile}th percentile estimate: {estimate_ns}' in text
+  result = infer_loadgen.read_result(folder, scenario)
+  assert result['valid'] is True and 'early_stopping' in result['headline']
+  assert result[result['headline']] == estimate_ns / 1e6
+  assert infer_loadgen.judge(result, 'performance', sut_errors=0) == []
+
+
+def test_a_run_is_invalid_on_any_failed_sample_or_loadgen_verdict():
+  result = infer_loadgen.read_result(os.path.join(LOADGEN_LOGS, 'SingleStream'), 'SingleStream')
+  reasons = infer_loadgen.judge(result, 'performance', 3, ['RuntimeError: injected'])
+  assert reasons == ['the SUT failed 3 sample(s), first: RuntimeError: injected']
+  assert infer_loadgen.judge(result, 'accuracy', 1) == ['the SUT failed 1 sample(s)']
+  invalid = {**result, 'result': 'INVALID', 'valid': False, 'checks_failed': ['early_stopping_met']}
+  assert infer_loadgen.judge(invalid, 'performance', 0) == ['LoadGen result INVALID (early_stopping_met false)']
+  no_estimate = {**result, result['headline']: 0.0}  # Too few queries for an early-stopping estimate.
+  assert infer_loadgen.judge(no_estimate, 'performance', 0) == [
+      'no p90_early_stopping_latency_ms in mlperf_log_detail.txt']
+
+
+def test_infer_bench_counts_only_valid_error_free_runs():
+  runs = [{'valid': True, 'errors': 0, 'completed_samples_per_s': 50.0},
+          {'valid': True, 'errors': 2, 'completed_samples_per_s': 80.0},  # LoadGen VALID, but samples failed.
+          {'valid': False, 'errors': 0, 'completed_samples_per_s': 90.0}]
+  assert infer_bench.server_qps_at_bound(runs) == 50.0
+  assert infer_bench.server_qps_at_bound(runs[1:]) is None
+
+
+def _failing_sut(*args):
+  return run_suite(*args, module='tests.failing_sut', timeout=300)
+
+
+@pytest.mark.slow
+def test_sut_errors_make_the_run_invalid_with_exit_status_1(trained, data_dir, tmp_path):
+  out = tmp_path / 'failing'
+  result = _failing_sut('infer', '--workload=resnet', '--scale=tiny', f'--checkpoint={trained}',
+                        f'--data_dir={data_dir}', f'--output_dir={out}', '--scenario=SingleStream',
+                        *SHORT['SingleStream'])
+  assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['errors'] > 0
+  assert summary['loadgen_result'] == 'VALID'  # Failed samples were answered (empty): LoadGen cannot tell.
+  assert summary['valid'] is False and summary['result'] == 'INVALID'
+  assert 'RuntimeError: injected device failure' in summary['reason']
+  assert 'INVALID' in result.stdout and 'injected device failure' in result.stdout
+
+
+@pytest.mark.slow
+def test_infer_bench_reports_no_figure_for_an_erroring_run(trained, data_dir, tmp_path):
+  result = _failing_sut('infer_bench', '--workload=resnet', '--scale=tiny', f'--checkpoint={trained}',
+                        f'--data_dir={data_dir}', f'--output_dir={tmp_path / "bench"}', '--offline_seconds=0.5',
+                        '--server_seconds=0.5', '--server_fractions=0.1', '--offline_batch_size=32')
+  assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+  report = json.loads(result.stdout)
+  assert report['offline_errors'] > 0 and report['offline_valid'] is False
+  assert 'injected device failure' in report['offline_reason']
+  assert report['offline_sut_samples_per_s'] is None and report['offline_ratio'] is None
+  assert report['offline_bare_samples_per_s'] > 0  # The bare loop runs outside the SUT: untouched.
+  assert all(r['errors'] and not r['valid'] for r in report['server_runs'])
+  assert report['server_qps_at_bound'] is None

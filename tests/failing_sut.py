@@ -1,0 +1,31 @@
+"""Test helper: `python -m tests.failing_sut infer|infer_bench FLAGS` runs suite.infer or suite.infer_bench with a
+forward that raises for every third batch the SUT dispatches (calibration and the bench's bare loop, which run on
+other threads, are untouched), as a device or host failure during a LoadGen test would."""
+
+import itertools
+import sys
+import threading
+
+from absl import app
+
+from suite import infer_model
+
+
+def inject_failures(every: int = 3) -> None:
+  predict = infer_model.Predictor.__call__
+  sut_calls = itertools.count(1)
+
+  def failing(self, images):
+    if threading.current_thread().name == 'sut-batcher' and next(sut_calls) % every == 0:
+      raise RuntimeError('injected device failure')
+    return predict(self, images)
+
+  infer_model.Predictor.__call__ = failing
+
+
+if __name__ == '__main__':
+  from suite import infer, infer_bench  # pylint: disable=import-outside-toplevel
+  from suite import main as suite_main  # pylint: disable=import-outside-toplevel
+  entry = {'infer': infer.main, 'infer_bench': infer_bench.main}[sys.argv.pop(1)]
+  inject_failures()
+  app.run(entry, flags_parser=suite_main.parse_flags)
