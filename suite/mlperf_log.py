@@ -1,6 +1,10 @@
-"""The one home of MLPerf logging: an official `mlperf_logging.mllog` logger writing only `:::MLLOG` lines."""
+"""The one home of MLPerf logging: an official `mlperf_logging.mllog` logger writing only `:::MLLOG` lines, and the
+readers every result tool uses to read them back (`read_events`, `run_span`)."""
 
+import dataclasses
+import json
 import logging
+import os
 
 from mlperf_logging.mllog import constants
 
@@ -45,3 +49,72 @@ class MLPerfLog:
     if self._handler is not None:
       self._handler.close()
 
+
+
+# --- Reading logs back: the one home for parsing `:::MLLOG` lines (the result tools all read through here). ---
+
+MLLOG_PREFIX = ':::MLLOG '
+RESUMED = 'resumed'  # The event a run resumed from a checkpoint logs, with the step it resumed from (suite.runner).
+
+
+def read_events(path: str) -> list[dict]:
+  """Every MLLOG event of a log file, in order ({'key', 'value', 'time_ms', 'metadata', ...}); no file: []."""
+  if not os.path.exists(path):
+    return []
+  events = []
+  with open(path, encoding='utf-8', errors='replace') as f:
+    for line in f:
+      if line.startswith(MLLOG_PREFIX):
+        try:
+          events.append(json.loads(line[len(MLLOG_PREFIX):]))
+        except json.JSONDecodeError:  # A half-written last line of a run still writing (or killed mid-line).
+          pass
+  return events
+
+
+def first_values(events: list[dict]) -> dict:
+  """key -> value of the first occurrence of each key."""
+  values = {}
+  for event in events:
+    values.setdefault(event['key'], event.get('value'))
+  return values
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpan:
+  """What a log says about its run's timed region. The rules do not let the clock pause: a resumed run is timed
+  from its first `run_start` to its last `run_stop`, the time it was down included."""
+  start_ms: float | None  # The first run_start.
+  stop_ms: float | None  # The last run_stop (a preempted run logs one when it stops and one when it finishes).
+  status: str | None  # The last run_stop's status: 'success' when the run reached its target.
+  resumed_from_steps: tuple[int, ...]  # One entry per `resumed` event: the step the run continued from.
+  epochs: float | None  # epoch_num of the last eval_accuracy.
+  seed: int | None
+
+  @property
+  def time_to_train_s(self) -> float | None:
+    if self.start_ms is None or self.stop_ms is None:
+      return None
+    return (self.stop_ms - self.start_ms) / 1000
+
+  @property
+  def resumed(self) -> bool:
+    return bool(self.resumed_from_steps)
+
+
+def run_span(events_or_path: list[dict] | str) -> RunSpan:
+  """The RunSpan of a log (a path, or its events from read_events)."""
+  events = read_events(events_or_path) if isinstance(events_or_path, str) else events_or_path
+  starts = [e['time_ms'] for e in events if e['key'] == KEYS.RUN_START]
+  stops = [e for e in events if e['key'] == KEYS.RUN_STOP]
+  evals = [e for e in events if e['key'] == KEYS.EVAL_ACCURACY]
+  seed = first_values(events).get(KEYS.SEED)
+  return RunSpan(start_ms=starts[0] if starts else None, stop_ms=stops[-1]['time_ms'] if stops else None,
+                 status=(stops[-1].get('metadata') or {}).get('status') if stops else None,
+                 resumed_from_steps=tuple(e.get('value') for e in events if e['key'] == RESUMED),
+                 epochs=(evals[-1].get('metadata') or {}).get('epoch_num') if evals else None, seed=seed)
+
+
+def run_span_s(path: str) -> float | None:
+  """Wall time from the first run_start to the last run_stop of a log, in seconds; None without both."""
+  return run_span(path).time_to_train_s

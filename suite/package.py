@@ -6,6 +6,11 @@
   PKG/ORG/benchmarks/<benchmark>/implementations/<impl>/      (README with the commands, and the suite's source)
 then runs, from PKG, `mlperf_logging.package_checker`, `mlperf_logging.rcp_checker` (when the ruleset has
 reference points for the benchmark) and `mlperf_logging.result_summarizer`, and writes PKG/package_report.json.
+
+Our score is computed from the packaged result files themselves (first run_start to last run_stop, run_stop's
+status), normalised by the RCP factor the package checker writes (scaling.json, closed division), and compared with
+the summarizer's. A run resumed from a checkpoint is not one continuous run: refused for the closed division,
+flagged for the open one.
 """
 
 import argparse
@@ -19,8 +24,11 @@ import shutil
 import subprocess
 import sys
 
+from suite import mlperf_log
 from suite import outputs
+from suite import registry
 from suite import runs as runs_lib
+from suite.errors import UserError
 
 # The 33 fields mlperf_logging.system_desc_checker requires (4.1.68). All strings: the checker joins some of
 # them with ','.join(...), which raises on a number.
@@ -38,8 +46,6 @@ SYSTEM_FIELDS = (
 STATUS = {'onprem': 'Available on-premise', 'cloud': 'Available cloud', 'preview': 'Preview',
           'research': 'Research, Development, or Internal (RDI)'}
 
-# Ruleset of each benchmark's default variant (FACTS.md section 1); the workload classes hold the same.
-RULESETS = {'resnet': '4.0.0', 'ssd': '4.1.0', 'bert': '5.0.0', 'dlrm_dcnv2': '6.0.0'}
 SUCCESS_LINE = 'PACKAGE CHECKER FOUND NO ERRORS, SUCCESS !'
 _SOFTWARE = ('flax', 'optax', 'orbax-checkpoint', 'grain', 'tensorflow-datasets', 'numpy', 'mlperf-logging')
 _SOURCE_DIRS = ('suite', 'models', 'input_pipelines')
@@ -48,17 +54,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class PackageError(Exception):
   """Bad input: no runs, runs of different benchmarks or divisions, an unknown system field."""
-
-
-def read_mllog(path: str) -> dict:
-  """key -> value of the first occurrence of each key in an MLPerf log."""
-  values = {}
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      if line.startswith(':::MLLOG '):
-        event = json.loads(line[len(':::MLLOG '):])
-        values.setdefault(event['key'], event['value'])
-  return values
 
 
 def find_result_files(runs_dir: str) -> list[str]:
@@ -76,11 +71,46 @@ def logged_fields(result_files: list[str]) -> dict:
   """benchmark, division and status the runs logged; they must agree, as one package folder holds one of each."""
   fields = {}
   for key in ('submission_benchmark', 'submission_division', 'submission_status'):
-    seen = {read_mllog(p).get(key) for p in result_files}
+    seen = {mlperf_log.first_values(mlperf_log.read_events(p)).get(key) for p in result_files}
     if len(seen) != 1:
       raise PackageError(f'the runs disagree on {key}: {sorted(map(str, seen))}')
     fields[key] = seen.pop()
   return fields
+
+
+def default_ruleset(benchmark: str, result_file: str) -> str:
+  """The checker ruleset of the workload class that wrote the run (its variant from the run's config.json); ''
+  for a benchmark the registry does not hold."""
+  config_path = os.path.join(os.path.dirname(result_file), outputs.CONFIG)
+  variant = ''
+  if os.path.exists(config_path):
+    with open(config_path, encoding='utf-8') as f:
+      variant = json.load(f).get('variant') or ''
+  for name in (variant, ''):
+    try:
+      return registry.workload_class(benchmark, name).ruleset
+    except UserError:
+      continue
+  return ''
+
+
+def _run_name(result_file: str) -> str:
+  return os.path.basename(os.path.dirname(os.path.abspath(result_file)))
+
+
+def resumed_runs(result_files: list[str], spans: list[mlperf_log.RunSpan]) -> list[dict]:
+  """The runs whose logs hold a `resumed` event, with the wall time they are scored on."""
+  return [{'run': _run_name(path), 'file': path, 'resumed_from_steps': list(span.resumed_from_steps),
+           'time_to_train_s': span.time_to_train_s} for path, span in zip(result_files, spans) if span.resumed]
+
+
+def score_from_logs(spans: list[mlperf_log.RunSpan], benchmark: str) -> dict:
+  """Our score of exactly the files the summarizer reads: log times (first run_start to last run_stop) and the last
+  run_stop's status."""
+  records = [{'seed': span.seed, 'status': span.status or 'crashed', 'epochs': span.epochs,
+              'time_to_train_s': span.time_to_train_s, 'resumed_from_step': (span.resumed_from_steps or (None,))[-1]}
+             for span in spans]
+  return runs_lib.summarize(records, benchmark)
 
 
 def _cpuinfo() -> dict:
@@ -203,9 +233,9 @@ def implementation_readme(benchmark: str, commands: list[str], score: dict | Non
   return '\n'.join(lines)
 
 
-def _run_commands(result_files: list[str], score: dict | None) -> list[str]:
-  if score:
-    return ['python ' + ' '.join(r['command']) for r in score['runs']]
+def _run_commands(result_files: list[str], set_record: dict | None) -> list[str]:
+  if set_record:  # suite.runs' score.json knows each run's command.
+    return ['python ' + ' '.join(r['command']) for r in set_record['runs']]
   return [f'python -m suite.main ... (see {os.path.dirname(p)})' for p in result_files]
 
 
@@ -228,14 +258,21 @@ def build(runs_dir: str, org: str, system: str, out: str, division: str | None =
     raise PackageError(f"--division={division} but the runs logged division '{logged['submission_division']}': "
                        'a package must describe the division its logs claim')
   division = logged['submission_division']
+  spans = [mlperf_log.run_span(p) for p in result_files]
+  resumed = resumed_runs(result_files, spans)
+  if resumed and division == 'closed':
+    which = ', '.join(f"{r['run']} (from step {', '.join(map(str, r['resumed_from_steps']))})" for r in resumed)
+    raise PackageError(f'{which} resumed from a checkpoint: the closed division takes only runs that ran in one '
+                       'piece (the MLPerf rules do not let the clock pause); rerun them without --resume')
   status = STATUS.get(status or logged['submission_status'], status or '')
   if status not in STATUS.values():
     raise PackageError(f'unknown status {status!r}: one of {", ".join(STATUS)}')
   score_path = os.path.join(runs_dir, runs_lib.SCORE_FILE)
-  score = None
+  set_record = None
   if os.path.exists(score_path):
     with open(score_path, encoding='utf-8') as f:
-      score = json.load(f)
+      set_record = json.load(f)
+  score = score_from_logs(spans, benchmark)
   with open(os.path.join(os.path.dirname(result_files[0]), outputs.SUMMARY), encoding='utf-8') as f:
     summary = json.load(f)
 
@@ -251,11 +288,11 @@ def build(runs_dir: str, org: str, system: str, out: str, division: str | None =
   for i, path in enumerate(result_files):
     shutil.copyfile(path, os.path.join(results_dir, f'result_{i}.txt'))
   with open(os.path.join(impl_dir, 'README.md'), 'w', encoding='utf-8') as f:
-    f.write(implementation_readme(benchmark, _run_commands(result_files, score), score))
+    f.write(implementation_readme(benchmark, _run_commands(result_files, set_record), score))
   copy_sources(impl_dir)
   return {'out': os.path.abspath(out), 'org': org, 'system': system, 'benchmark': benchmark, 'division': division,
-          'ruleset': RULESETS.get(benchmark, ''), 'results_dir': os.path.abspath(results_dir),
-          'num_results': len(result_files), 'score': score}
+          'ruleset': default_ruleset(benchmark, result_files[0]), 'results_dir': os.path.abspath(results_dir),
+          'num_results': len(result_files), 'score': score, 'resumed_runs': resumed}
 
 
 def _tool(args: list[str], cwd: str) -> subprocess.CompletedProcess:
@@ -301,22 +338,50 @@ def check(package: dict, ruleset: str) -> dict:
   csv = os.path.join(out, 'summary.csv')
   if os.path.exists(csv):
     os.remove(csv)
+  # The package checker's RCP check (closed division) writes scaling.json when the set converged in fewer epochs
+  # than the reference; the summarizer multiplies its olympic average by that factor, and so do we.
+  factor = rcp_scaling_factor(package['results_dir'])
   rs = _tool(['mlperf_logging.result_summarizer', org, 'training', ruleset, '--csv', 'summary.csv'], out)
   score_min = summarizer_score(csv, benchmark)
   verdicts['result_summarizer'] = {'score_min': score_min, 'csv': csv,
                                    'returncode': rs.returncode, 'notes': [
                                        line for line in (rs.stdout + rs.stderr).splitlines()
                                        if any(w in line for w in ('ERROR', 'NOTICE', 'Traceback', 'failed'))]}
-  ours = (package.get('score') or {}).get('score_min')
-  verdicts['our_score_min'] = ours
-  verdicts['scores_agree'] = (None if ours is None or score_min is None
-                              else abs(ours - score_min) <= 1e-6 * max(1.0, abs(ours)))
-  aborted = [r['run'] for r in (package.get('score') or {}).get('runs', []) if r['status'] != 'success']
+  unscaled = package['score']['score_min']
+  ours = None if unscaled is None else unscaled * factor
+  verdicts.update(our_unscaled_score_min=unscaled, rcp_scaling_factor=factor, our_score_min=ours)
+  # Both without a score (e.g. too many runs missed the target) is agreement too.
+  verdicts['scores_agree'] = (ours is None and score_min is None) or (
+      ours is not None and score_min is not None and abs(ours - score_min) <= 1e-6 * max(1.0, abs(ours)))
+  spans = [mlperf_log.run_span(os.path.join(package['results_dir'], f'result_{i}.txt'))
+           for i in range(package['num_results'])]
+  aborted = [i for i, span in enumerate(spans) if span.status != 'success']
+  notes = []
   if aborted and package['division'] == 'open':
     # Open rules accept any eval_accuracy < 1.0, so the summarizer scores these runs' times; we leave them out.
-    verdicts['note'] = (f'runs {aborted} did not reach the target: the summarizer counts their times in the open '
-                        'division (their logs pass its compliance check), our score does not')
+    notes.append(f'result files {aborted} did not reach the target: the summarizer counts their times in the open '
+                 'division (their logs pass its compliance check), our score does not')
+  if package.get('resumed_runs'):
+    notes.append('a resumed run is scored here on its wall time, first run_start to last run_stop; the summarizer '
+                 'takes its first run_stop, or drops its log when that holds two run_stops (a preempted run)')
+  if notes:
+    verdicts['note'] = '; '.join(notes)
   return verdicts
+
+
+def rcp_scaling_factor(results_dir: str) -> float:
+  """The RCP normalisation factor the official checkers left in results_dir/scaling.json (1.0 when none)."""
+  path = os.path.join(results_dir, 'scaling.json')
+  if not os.path.exists(path):
+    return 1.0
+  with open(path, encoding='utf-8') as f:
+    return float(json.load(f)['scaling_factor'])
+
+
+def resumed_lines(package: dict) -> list[str]:
+  return [f"  resumed: {r['run']} resumed from a checkpoint (step {', '.join(map(str, r['resumed_from_steps']))}): "
+          f"timed on the wall clock, first run_start to last run_stop, {r['time_to_train_s']:.1f} s with the time it "
+          'was down; not a valid closed-division result' for r in package.get('resumed_runs', [])]
 
 
 def format_verdicts(package: dict, verdicts: dict) -> str:
@@ -326,7 +391,10 @@ def format_verdicts(package: dict, verdicts: dict) -> str:
            f"  package_checker: {'PASS' if pc['passed'] else 'FAIL'}" + ''.join(f'\n    {e}' for e in pc['errors']),
            f"  rcp_checker: {'n/a' if rcp['passed'] is None else 'PASS' if rcp['passed'] else 'FAIL'}: "
            f"{rcp['verdict']}",
-           f"  result_summarizer: score {rs['score_min']} min; ours {verdicts['our_score_min']} min"]
+           f"  result_summarizer: score {rs['score_min']} min; ours {verdicts['our_score_min']} min"
+           + (f" (x RCP scaling factor {verdicts['rcp_scaling_factor']:.6f})" if verdicts['rcp_scaling_factor'] != 1.0
+              else '')]
+  lines += resumed_lines(package)
   if verdicts.get('note'):
     lines.append(f"  note: {verdicts['note']}")
   return '\n'.join(lines)
@@ -370,7 +438,7 @@ def main(argv: list[str]) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   if args.no_check:
-    print(f"package written to {package['out']}/{package['org']}")
+    print('\n'.join([f"package written to {package['out']}/{package['org']}", *resumed_lines(package)]))
     return 0
   verdicts = check(package, ruleset)
   runs_lib.write_json(os.path.join(package['out'], 'package_report.json'), {**package, 'verdicts': verdicts})

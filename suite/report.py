@@ -4,6 +4,10 @@ A DIR is a `suite.runs` output (score.json + run_<k>/) or a single `suite.main` 
 metric_vs_time.png, metric_vs_epoch.png, time_to_train.png, throughput.png and report.md. Each figure is built
 by a function that returns the matplotlib Figure, with gid 'run', 'target' or 'score' on its lines, so tests can
 count curves from the figure's data.
+
+Every time comes from the runs' MLPerf logs (result_0.txt), never from summary.json: time to train is the first
+run_start to the last run_stop, and eval points are placed at their eval_accuracy line's time. A run resumed from a
+checkpoint is thus shown on the wall clock, the time it was down included, and is marked in the table and figure.
 """
 
 import argparse
@@ -20,6 +24,7 @@ matplotlib.use('Agg')  # Headless: no display on servers or in CI.
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from suite import mlperf_log  # noqa: E402
 from suite import outputs  # noqa: E402
 from suite import runs as runs_lib  # noqa: E402
 from suite import score as score_lib  # noqa: E402
@@ -32,10 +37,28 @@ class Run:
   name: str
   summary: dict
   metrics: list[dict]
+  log: list[dict] = dataclasses.field(default_factory=list)  # The MLPerf log's events (mlperf_log.read_events).
+
+  @property
+  def span(self) -> mlperf_log.RunSpan:
+    return mlperf_log.run_span(self.log)
+
+  @property
+  def time_to_train_s(self) -> float | None:
+    """The log's first run_start to its last run_stop (wall time, a resumed run's downtime included)."""
+    return self.span.time_to_train_s
 
   @property
   def evals(self) -> list[dict]:
-    return [m for m in self.metrics if m.get('kind') == 'eval']
+    """Eval records with `elapsed_s` from the log (eval_accuracy time - first run_start); metrics.jsonl's when the
+    log has no evals."""
+    start = self.span.start_ms
+    logged = [e for e in self.log if e['key'] == mlperf_log.KEYS.EVAL_ACCURACY]
+    if start is None or not logged:
+      return [m for m in self.metrics if m.get('kind') == 'eval']
+    metric = self.summary.get('target_metric') or 'metric'
+    return [{'kind': 'eval', 'epoch': (e.get('metadata') or {}).get('epoch_num'),
+             'elapsed_s': (e['time_ms'] - start) / 1000, metric: e['value']} for e in logged]
 
   @property
   def trains(self) -> list[dict]:
@@ -66,7 +89,8 @@ def _run_dirs(path: str) -> list[str]:
 
 
 def load_set(path: str, name: str | None = None) -> RunSet:
-  """Reads a set folder (or one run folder); the score comes from score.json, else is computed from summaries."""
+  """Reads a set folder (or one run folder). The score is computed here from the runs' logs (suite.runs.summarize
+  over their log times), not taken from score.json, which may predate a run resumed by hand."""
   dirs = _run_dirs(path)
   if not dirs:
     raise ValueError(f'{path}: no summary.json in it or in its run_* folders')
@@ -74,16 +98,18 @@ def load_set(path: str, name: str | None = None) -> RunSet:
   for d in dirs:
     with open(os.path.join(d, outputs.SUMMARY), encoding='utf-8') as f:
       summary = json.load(f)
-    runs.append(Run(os.path.basename(d.rstrip('/')), summary, runs_lib.read_jsonl(os.path.join(d, outputs.METRICS))))
-  score_path = os.path.join(path, runs_lib.SCORE_FILE)
-  if os.path.exists(score_path):
-    with open(score_path, encoding='utf-8') as f:
-      score = json.load(f)
-  else:
-    records = [{'seed': r.summary.get('seed'), 'status': r.summary['status'], 'epochs': r.summary.get('epochs'),
-                'time_to_train_s': r.summary['time_to_train_s']} for r in runs]
-    score = runs_lib.summarize(records, runs[0].summary.get('workload', ''))
+    runs.append(Run(os.path.basename(d.rstrip('/')), summary, runs_lib.read_jsonl(os.path.join(d, outputs.METRICS)),
+                    mlperf_log.read_events(os.path.join(d, outputs.RESULT_LOG))))
+  records = [{'seed': r.summary.get('seed'), 'status': r.summary['status'], 'epochs': r.summary.get('epochs'),
+              'time_to_train_s': r.time_to_train_s, 'resumed_from_step': _resumed_from(r)} for r in runs]
+  score = runs_lib.summarize(records, runs[0].summary.get('workload', ''))
   return RunSet(name or os.path.basename(os.path.abspath(path)), path, runs, score)
+
+
+def _resumed_from(run: Run) -> int | None:
+  """The step the run last resumed from (the log's `resumed` events, else summary.json's), None if never."""
+  steps = run.span.resumed_from_steps
+  return steps[-1] if steps else run.summary.get('resumed_from_step')
 
 
 def _colors(n: int) -> list:
@@ -120,11 +146,14 @@ def ttt_figure(sets: list[RunSet]) -> Figure:
   for k, (rs, color) in enumerate(zip(sets, _colors(len(sets)))):
     n = len(rs.runs)
     xs = [k + (i - (n - 1) / 2) * min(0.5 / max(n, 1), 0.1) for i in range(n)]  # Spread so equal times stay visible.
-    times = [r.summary['time_to_train_s'] for r in rs.runs]
+    times = [r.time_to_train_s for r in rs.runs]
     ok = [r.summary['status'] == 'success' for r in rs.runs]
     ax.scatter([x for x, o in zip(xs, ok) if o], [t for t, o in zip(times, ok) if o], color=color, gid='converged')
     ax.scatter([x for x, o in zip(xs, ok) if not o], [t for t, o in zip(times, ok) if not o], facecolors='none',
                edgecolors=color, gid='not_converged')
+    for x, t, run in zip(xs, times, rs.runs):
+      if t is not None and _resumed_from(run) is not None:
+        ax.annotate('resumed', (x, t), textcoords='offset points', xytext=(4, 4), fontsize=7, gid='resumed')
     if rs.score.get('score_s') is not None:
       ax.plot([k - 0.35, k + 0.35], [rs.score['score_s']] * 2, color='black', gid='score')
   ax.set_xticks(range(len(sets)), [s.name for s in sets], rotation=20 if len(sets) > 3 else 0, fontsize=8)
@@ -177,7 +206,9 @@ def runs_table(rs: RunSet) -> list[str]:
           '|---|---|---|---|---|---|---|']
   for run in rs.runs:
     s = run.summary
-    rows.append(f"| {run.name} | {s.get('seed')} | {s['status']} | {_fmt(s['time_to_train_s'])} | {s.get('epochs')} | "
+    resumed = _resumed_from(run)
+    status = s['status'] if resumed is None else f"{s['status']}, resumed from step {resumed} (wall time)"
+    rows.append(f"| {run.name} | {s.get('seed')} | {status} | {_fmt(run.time_to_train_s)} | {s.get('epochs')} | "
                 f"{_fmt(s.get('final_metric'), '.4f')} | {_fmt(s.get('samples_per_s'), '.0f')} |")
   return rows
 
@@ -206,9 +237,12 @@ def markdown(sets: list[RunSet], images: dict[str, str]) -> str:
     lines += comparison_table(sets) + ['']
   for rs in sets:
     sc = rs.score
+    resumed = [rs.runs[i].name for i in sc.get('resumed_runs') or []]
+    note = (f" {', '.join(resumed)} resumed from a checkpoint: timed from the first run_start to the last run_stop "
+            '(the time it was down included); not a valid closed-division result.' if resumed else '')
     lines += [f'## {rs.name}', '', f"Score (olympic average, {score_lib.max_dropped(first.get('workload', ''))} "
               f"dropped at each end): {_fmt(sc.get('score_s'))} s; {sc.get('converged_runs')}/{len(rs.runs)} runs "
-              f"reached the target; folder `{rs.path}`.", ''] + runs_table(rs) + ['']
+              f"reached the target; folder `{rs.path}`.{note}", ''] + runs_table(rs) + ['']
   lines += ['## Figures', ''] + [f'![{name}]({path})' for name, path in images.items()] + ['']
   return '\n'.join(lines)
 

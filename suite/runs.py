@@ -5,6 +5,11 @@ between runs, as separate MLPerf runs would be) writing DIR/run_<k>, with its ow
 not know (`--data_dir`, `--config.KEY=VALUE`, `--division`, ...) are passed to every run unchanged; a `--`
 before them is allowed. Exit status: 0 when the set has a score, 1 when it has none, 2 for bad input (a run that
 exits 2 stops the set, with its `error:` line).
+
+Times come from each run's MLPerf log, first `run_start` to last `run_stop`: a run resumed from a checkpoint is
+timed on the wall clock, the time it was down included (the rules do not let the clock pause), and is marked
+(`resumed_from_step`, `resumed_runs`). `--rescore` rewrites score.json from the run folders, e.g. after resuming
+one of the set's runs by hand.
 """
 
 import argparse
@@ -17,8 +22,10 @@ import sys
 import time
 from typing import Callable
 
+from suite import mlperf_log
 from suite import outputs
 from suite import score as score_lib
+from suite.errors import UserError
 
 SCORE_FILE = 'score.json'
 _POLL_S = 0.5
@@ -128,37 +135,23 @@ def execute(workload: str, scale: str, spec: RunSpec, num_runs: int, extra_args:
 
 
 def run_record(spec: RunSpec, returncode: int, stderr_path: str, command: list[str]) -> dict:
-  """What score.json keeps of a run: its summary.json fields, or 'crashed' when it left no summary."""
+  """What score.json keeps of a run: its summary.json fields, or 'crashed' when it left no summary. The time is the
+  log's, first run_start to last run_stop (mlperf_log.run_span); summary.json's time_to_train_s, which leaves out
+  the time a resumed run was down, is kept beside it as `summary_time_to_train_s` and never scored."""
   summary_path = os.path.join(spec.output_dir, outputs.SUMMARY)
+  span = mlperf_log.run_span(os.path.join(spec.output_dir, outputs.RESULT_LOG))
   record = {'run': spec.index, 'seed': spec.seed, 'dir': spec.output_dir, 'returncode': returncode,
             'command': command[1:]}
   if not os.path.exists(summary_path):  # An uncaught exception also exits 1: the summary tells them apart.
     return {**record, 'status': 'crashed', 'reason': _error_line(stderr_path), 'time_to_train_s': None,
-            'epochs': None, 'final_metric': None}
+            'epochs': None, 'final_metric': None, 'resumed_from_step': None}
   with open(summary_path, encoding='utf-8') as f:
     summary = json.load(f)
   keep = ('status', 'reason', 'epochs', 'final_metric', 'target_metric', 'target',
           'samples_per_s', 'train_steps', 'division', 'workload', 'scale', 'device_kind', 'num_devices')
-  log_time = log_time_to_train_s(os.path.join(spec.output_dir, outputs.RESULT_LOG))
-  return {**record, **{k: summary.get(k) for k in keep},
-          'time_to_train_s': summary.get('time_to_train_s') if log_time is None else log_time,
-          'summary_time_to_train_s': summary.get('time_to_train_s')}
-
-
-def log_time_to_train_s(path: str) -> float | None:
-  """run_start to run_stop from the MLPerf log's time_ms: the time the official result_summarizer scores."""
-  if not os.path.exists(path):
-    return None
-  stamps = {}
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      if line.startswith(':::MLLOG '):
-        event = json.loads(line[len(':::MLLOG '):])
-        if event['key'] in ('run_start', 'run_stop'):
-          stamps.setdefault(event['key'], event['time_ms'])
-  if len(stamps) < 2:
-    return None
-  return (stamps['run_stop'] - stamps['run_start']) / 1000
+  resumed_from = span.resumed_from_steps[-1] if span.resumed else summary.get('resumed_from_step')
+  return {**record, **{k: summary.get(k) for k in keep}, 'time_to_train_s': span.time_to_train_s,
+          'summary_time_to_train_s': summary.get('time_to_train_s'), 'resumed_from_step': resumed_from}
 
 
 def summarize(runs: list[dict], benchmark: str, confidence: float = 0.95) -> dict:
@@ -178,6 +171,8 @@ def summarize(runs: list[dict], benchmark: str, confidence: float = 0.95) -> dic
       f'bootstrap_{round(confidence * 100)}_s': list(interval) if interval else None,
       'epochs_to_target': [r['epochs'] if r['status'] == 'success' else None for r in runs],
       'seeds': [r['seed'] for r in runs],
+      # Timed on the wall clock like the rest, downtime included; not valid closed-division results.
+      'resumed_runs': [i for i, r in enumerate(runs) if r.get('resumed_from_step') is not None],
   }
 
 
@@ -185,8 +180,8 @@ def run_set(workload: str, scale: str, num_runs: int | None, output_dir: str, ba
             extra_args: list[str] | None = None, stream=sys.stderr,
             on_run: Callable[[dict], None] | None = None) -> dict:
   """Runs the set one run after another, writes DIR/score.json and returns it. Raises BadInput on exit 2."""
-  num_runs = num_runs or score_lib.DEFAULT_NUM_RUNS.get(workload, 5)
   extra_args = list(extra_args or [])
+  num_runs = num_runs or score_lib.num_runs(workload, _flag_value(extra_args, 'variant'))
   specs = plan(output_dir, num_runs, base_seed)
   runs = []
   for spec in specs:
@@ -199,6 +194,35 @@ def run_set(workload: str, scale: str, num_runs: int | None, output_dir: str, ba
   result = {'workload': workload, 'scale': scale, 'output_dir': os.path.abspath(output_dir),
             'base_seed': base_seed, 'extra_args': extra_args, **summarize(runs, workload), 'runs': runs}
   write_json(os.path.join(output_dir, SCORE_FILE), result)
+  return result
+
+
+def _flag_value(args: list[str], name: str) -> str:
+  """The value of --NAME=V or --NAME V among pass-through flags ('' when absent; the last one wins, as in absl)."""
+  value = ''
+  for i, arg in enumerate(args):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(args):
+      value = args[i + 1]
+  return value
+
+
+def rescore(output_dir: str) -> dict:
+  """Rewrites DIR/score.json from its run folders as they are now (e.g. after one was resumed by hand)."""
+  path = os.path.join(output_dir, SCORE_FILE)
+  if not os.path.exists(path):
+    raise UserError(f'{path} not found: --rescore reads a folder written by suite.runs')
+  with open(path, encoding='utf-8') as f:
+    previous = json.load(f)
+  runs = []
+  for old in previous['runs']:
+    spec = RunSpec(old['run'], old['seed'], os.path.join(output_dir, f"run_{old['run']}"))
+    runs.append(run_record(spec, old['returncode'], os.path.join(spec.output_dir, 'stderr.log'),
+                           [sys.executable, *old['command']]))
+  result = {**{k: previous.get(k) for k in ('workload', 'scale', 'base_seed', 'extra_args')},
+            'output_dir': os.path.abspath(output_dir), **summarize(runs, previous['workload']), 'runs': runs}
+  write_json(path, result)
   return result
 
 
@@ -219,6 +243,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument('--output_dir', required=True, help='the set goes here: run_<k>/ and score.json')
   parser.add_argument('--base_seed', type=int, default=None,
                       help='seeds base_seed, base_seed+1, ... (default: distinct random seeds)')
+  parser.add_argument('--rescore', action='store_true',
+                      help='run nothing: rewrite --output_dir/score.json from its run folders (e.g. after --resume)')
   args, extra = parser.parse_known_args(argv)
   if args.num_runs is not None and args.num_runs < 1:
     parser.error('--num_runs must be at least 1')
@@ -232,16 +258,22 @@ def format_result(result: dict) -> str:
   interval = result.get('bootstrap_95_s')
   spread = f' (95% bootstrap {interval[0]:.1f}-{interval[1]:.1f} s)' if interval else ''
   score = 'no score' if result['score_s'] is None else f"score {result['score_s']:.1f} s{spread}"
+  resumed = result.get('resumed_runs')
+  marked = (f'; run(s) {resumed} resumed from a checkpoint: timed on the wall clock, downtime included, and not '
+            'valid closed results' if resumed else '')
   return (f"{result['workload']} ({result['scale']}): {score}; {result['converged_runs']}/{result['num_runs']} runs "
-          f"reached the target; epochs to target {result['epochs_to_target']}; "
+          f"reached the target; epochs to target {result['epochs_to_target']}{marked}; "
           f"{os.path.join(result['output_dir'], SCORE_FILE)}")
 
 
 def main(argv: list[str]) -> int:
   args, extra = parse_args(argv)
   try:
-    result = run_set(args.workload, args.scale, args.num_runs, args.output_dir, args.base_seed, extra)
-  except BadInput as e:
+    if args.rescore:
+      result = rescore(args.output_dir)
+    else:
+      result = run_set(args.workload, args.scale, args.num_runs, args.output_dir, args.base_seed, extra)
+  except (BadInput, UserError) as e:
     print(e if str(e).startswith('error:') else f'error: {e}', file=sys.stderr)
     return 2
   print(json.dumps({k: v for k, v in result.items() if k != 'runs'}, indent=2))

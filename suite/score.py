@@ -18,8 +18,22 @@ import random
 import statistics
 from typing import Sequence
 
-# Result files per benchmark in a training package (mlperf_logging.benchmark_meta; FACTS.md section 1).
-DEFAULT_NUM_RUNS = {'resnet': 5, 'ssd': 5, 'bert': 10, 'transformer': 10, 'dlrm_dcnv2': 10, 'unet3d': 40}
+from mlperf_logging import benchmark_meta
+
+from suite import registry
+from suite.errors import UserError
+
+
+def num_runs(benchmark: str, variant: str = '') -> int:
+  """Runs one score needs (the package checker's result-file count): the workload class's `num_runs()`; a
+  benchmark the registry does not hold (e.g. unet3d) is looked up in mlperf_logging.benchmark_meta directly."""
+  if benchmark in registry.WORKLOADS:
+    return registry.workload_class(benchmark, variant).num_runs()
+  counts = benchmark_meta.get_result_file_counts('training')
+  if benchmark not in counts:
+    raise UserError(f"unknown benchmark '{benchmark}': no workload of that name and no MLPerf training result-file "
+                    'count for it (pass --num_runs)')
+  return counts[benchmark]
 
 
 def max_dropped(benchmark: str = '') -> int:

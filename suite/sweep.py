@@ -35,8 +35,11 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
   final_metric REAL,
   epochs INTEGER,
   run_dir TEXT,
-  extra_args TEXT
+  extra_args TEXT,
+  resumed_from_step INTEGER
 )"""
+# Columns added since the first schema: an older results file gets them (NULL in its old rows) when opened.
+_ADDED_COLUMNS = {'resumed_from_step': 'INTEGER'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,19 +83,26 @@ def open_db(path: str) -> sqlite3.Connection:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   db = sqlite3.connect(path)
   db.execute(_SCHEMA)
+  have = {row[1] for row in db.execute('PRAGMA table_info(runs)')}
+  for column, kind in _ADDED_COLUMNS.items():
+    if column not in have:
+      db.execute(f'ALTER TABLE runs ADD COLUMN {column} {kind}')
+  db.commit()
   return db
 
 
 def insert_run(db: sqlite3.Connection, sweep_id: str, workload: str, scale: str, point: Point, run: dict,
                extra_args: list[str]) -> None:
-  """One row per run, committed at once: an interrupted sweep keeps the rows of the runs it finished."""
+  """One row per run, committed at once: an interrupted sweep keeps the rows of the runs it finished. The time is
+  the run record's (suite.runs.run_record: the log's first run_start to last run_stop); a run resumed from a
+  checkpoint has its resumed_from_step, NULL otherwise."""
   db.execute('INSERT INTO runs (sweep_id, timestamp, workload, scale, point, overrides, seed, status, '
-             'time_to_train_s, target_metric, final_metric, epochs, run_dir, extra_args) '
-             'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+             'time_to_train_s, target_metric, final_metric, epochs, run_dir, extra_args, resumed_from_step) '
+             'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
              (sweep_id, time.strftime('%Y-%m-%dT%H:%M:%S%z'), workload, scale, point.name,
               json.dumps(point.overrides, sort_keys=True), run['seed'], run['status'], run['time_to_train_s'],
               run.get('target_metric'), run['final_metric'], run['epochs'], os.path.abspath(run['dir']),
-              json.dumps(extra_args)))
+              json.dumps(extra_args), run.get('resumed_from_step')))
   db.commit()
 
 
@@ -113,7 +123,7 @@ def run_sweep(workload: str, scale: str, points: list[Point], num_runs: int | No
           on_run=lambda run, p=point, a=args: insert_run(db, sweep_id, workload, scale, p, run, a))
       results.append({'point': point.name, 'overrides': point.overrides, 'score_s': result['score_s'],
                       'converged_runs': result['converged_runs'], 'num_runs': result['num_runs'],
-                      'dir': result['output_dir']})
+                      'resumed_runs': result['resumed_runs'], 'dir': result['output_dir']})
   finally:
     db.close()
   written = report_lib.write_report([r['dir'] for r in results], os.path.join(output_dir, 'report'),
@@ -156,7 +166,9 @@ def main(argv: list[str]) -> int:
   for p in sweep['points']:
     ratio = f"{p['score_s'] / base:.3f}x" if p['score_s'] is not None and base else '-'
     score = '-' if p['score_s'] is None else f"{p['score_s']:.1f} s"
-    print(f"{p['point']}: score {score} ({ratio} of the first), {p['converged_runs']}/{p['num_runs']} reached target")
+    resumed = f", run(s) {p['resumed_runs']} resumed (wall time)" if p['resumed_runs'] else ''
+    print(f"{p['point']}: score {score} ({ratio} of the first), {p['converged_runs']}/{p['num_runs']} reached "
+          f'target{resumed}')
   print(f"report: {sweep['report']}; rows in {sweep['results_db']} (sweep_id {sweep['sweep_id']})")
   return 0
 

@@ -1,10 +1,19 @@
 """Score arithmetic (olympic average as mlperf_logging's result_summarizer computes it), bootstrap, seeds."""
 
+import json
+import os
+
 import pytest
 
+from suite import registry
+from suite import runner
 from suite import runs as runs_lib
 from suite import score as score_lib
 from suite import sweep as sweep_lib
+from suite.clock import Clock
+from suite.errors import UserError
+from suite.mlperf_log import KEYS, MLPerfLog
+from tests.conftest import run_suite
 
 
 def test_olympic_average_drops_fastest_and_slowest():
@@ -43,11 +52,14 @@ def test_small_sets():
     score_lib.mlperf_score([1.0, 2.0], [True])
 
 
-def test_default_num_runs_match_mlperf_logging():
-  from mlperf_logging.benchmark_meta import get_result_file_counts  # pylint: disable=import-outside-toplevel
-  official = get_result_file_counts('training')
-  for benchmark, count in score_lib.DEFAULT_NUM_RUNS.items():
-    assert official[benchmark] == count, benchmark
+def test_runs_per_score_come_from_the_workload_class():
+  # Hand-checked against mlperf_logging.benchmark_meta: resnet and ssd need 5 result files, unet3d (no workload of
+  # ours: looked up there directly) 40.
+  assert score_lib.num_runs('resnet') == registry.workload_class('resnet').num_runs() == 5
+  assert score_lib.num_runs('ssd', 'ssd300') == score_lib.num_runs('ssd') == 5
+  assert score_lib.num_runs('unet3d') == 40
+  with pytest.raises(UserError, match='no_such_benchmark'):
+    score_lib.num_runs('no_such_benchmark')
 
 
 def test_describe():
@@ -110,3 +122,115 @@ def test_sweep_grid_is_the_cartesian_product():
   assert points[1].flags == ['--config.optimizer.learning_rate=0.1', '--config.optimizer.name=lars']
   with pytest.raises(ValueError):
     sweep_lib.parse_axis('config.optimizer.learning_rate')
+
+
+# --- The score against the official result_summarizer, on closed packages whose convergence its checker judges ---
+
+IMAGENET_TRAIN, IMAGENET_EVAL = 1281167, 50000
+_LOGS = []  # MLPerfLog names its logger by id(): keep every log alive so a new one never inherits a closed handler.
+
+
+class SimulatedClock(Clock):
+  """The suite's clock on simulated time, so a test chooses how long each run took."""
+
+  def __init__(self, log, t):
+    super().__init__(log)
+    self.t = t
+
+  def now(self, *wait_for):
+    del wait_for
+    return self.t
+
+
+def write_closed_run(run_dir, seed: int, start_s: float, minutes: float, accuracy: float, epochs: int) -> None:
+  """A full-ResNet closed-division run's result_0.txt, written by the runner's own logging calls: init, then
+  blocks of 4 epochs each with its eval (the last at `epochs`, logging `accuracy`), run_stop `minutes` after
+  run_start. The status is what the runner would log; whether the run converged is the official checker's call."""
+  os.makedirs(run_dir, exist_ok=True)
+  workload = registry.make_workload('resnet', registry.get_config('resnet', 'full'), 'full')
+  workload._train_source, workload._eval_source = range(IMAGENET_TRAIN), range(IMAGENET_EVAL)  # Sizes only.
+  log = MLPerfLog(os.path.join(run_dir, 'result_0.txt'))
+  _LOGS.append(log)
+  clock = SimulatedClock(log, start_s)
+  runner.log_submission(log, workload, runner.RunOptions(output_dir='', division='closed'), 'test-platform')
+  clock.init_start()
+  runner.log_hyperparameters(log, workload, seed=seed)
+  clock.t += 90
+  clock.init_stop()
+  clock.run_start()
+  run_start, duration = clock.t, minutes * 60
+  firsts = list(range(1, epochs + 1, 4))
+  for i, first in enumerate(firsts):
+    count = min(4, epochs + 1 - first)
+    clock.block_start(first, count)
+    clock.t = run_start + duration * (i + 0.9) / len(firsts)
+    clock.block_stop(first)
+    clock.eval_start(first + count - 1)
+    clock.t = run_start + duration * (i + 1) / len(firsts) - 1
+    clock.eval_stop(first + count - 1)
+    last = i == len(firsts) - 1
+    log.event(KEYS.EVAL_ACCURACY, accuracy if last else 0.5, metadata={'epoch_num': first + count - 1})
+  clock.t = run_start + duration
+  reached = workload.reached_target(accuracy)
+  clock.run_stop('success' if reached else 'aborted', **({} if reached else {'reason': 'max_epochs'}))
+  log.close()
+  with open(os.path.join(run_dir, 'summary.json'), 'w', encoding='utf-8') as f:  # What the system description reads.
+    json.dump({'device_kind': 'cpu', 'num_devices': 8, 'num_processes': 1, 'seed': seed}, f)
+
+
+def write_closed_set(out, runs: list[tuple[float, float, int]]) -> None:
+  """run_<k>/ for each (minutes, final accuracy, epochs), with distinct seeds (the closed seed checker's rule)."""
+  for k, (minutes, accuracy, epochs) in enumerate(runs):
+    write_closed_run(os.path.join(out, f'run_{k}'), seed=1000 + k, start_s=1.7e9 + 86400 * k, minutes=minutes,
+                     accuracy=accuracy, epochs=epochs)
+
+
+def _package(runs_dir, out):
+  """`python -m suite.package` on the set: the official tools' verdicts and ours, from package_report.json."""
+  result = run_suite(f'--runs_dir={runs_dir}', '--org=jaxsuite', '--system=cpu_host', f'--out={out}',
+                     module='suite.package')
+  report = os.path.join(out, 'package_report.json')
+  assert os.path.exists(report), result.stdout + result.stderr
+  with open(report, encoding='utf-8') as f:
+    return json.load(f)['verdicts'], result
+
+
+def test_one_run_short_of_the_target_scores_as_the_summarizer_does(tmp_path):
+  # run_3 ends at 0.7500 < 0.759 (and was the fastest): the checker rejects its log, the summarizer drops it.
+  # Converged, sorted: 25 26.5 27.5 30 min; the miss stands in for the slowest drop, so only 25 goes:
+  # mean(26.5, 27.5, 30) = 28.0 min.
+  write_closed_set(tmp_path / 'set', [(25.0, 0.7601, 44), (30.0, 0.7602, 44), (27.5, 0.7610, 40), (20.0, 0.7500, 48),
+                                      (26.5, 0.7595, 44)])
+  verdicts, result = _package(tmp_path / 'set', tmp_path / 'pkg')
+  summarizer = verdicts['result_summarizer']
+  assert any('Compliance check failed' in n and 'result_3.txt' in n for n in summarizer['notes']), summarizer
+  assert summarizer['score_min'] == pytest.approx(28.0, abs=1e-9)
+  assert verdicts['rcp_scaling_factor'] == 1.0  # 44 epochs (olympic mean): slower than the reference, no normalising.
+  assert verdicts['our_score_min'] == pytest.approx(28.0, abs=1e-9)
+  assert verdicts['scores_agree'] is True
+  assert 'ours 28.0' in result.stdout
+
+
+def test_two_runs_short_of_the_target_leave_no_score_in_either(tmp_path):
+  write_closed_set(tmp_path / 'set', [(25.0, 0.7601, 44), (30.0, 0.7500, 48), (27.5, 0.7610, 40), (20.0, 0.7500, 48),
+                                      (26.5, 0.7595, 44)])
+  verdicts, _ = _package(tmp_path / 'set', tmp_path / 'pkg')
+  summarizer = verdicts['result_summarizer']
+  assert any('Too many non-converging runs' in n for n in summarizer['notes']), summarizer
+  assert summarizer['score_min'] is None
+  assert verdicts['our_score_min'] is None
+  assert verdicts['scores_agree'] is True
+
+
+def test_a_set_faster_than_the_reference_is_normalised_as_the_summarizer_does(tmp_path):
+  # Every converged run at epoch 35, faster than the interpolated reference mean for batch 4096 (35.7417 epochs,
+  # within its max speedup): the package checker writes scaling.json = 35.7417 / 35 and the summarizer multiplies
+  # the olympic average by it: 28.0 * 1.021191 = 28.5934 min.
+  write_closed_set(tmp_path / 'set', [(25.0, 0.7601, 35), (30.0, 0.7602, 35), (27.5, 0.7610, 35), (20.0, 0.7500, 48),
+                                      (26.5, 0.7595, 35)])
+  verdicts, _ = _package(tmp_path / 'set', tmp_path / 'pkg')
+  assert verdicts['rcp_scaling_factor'] == pytest.approx(35.74169864842316 / 35, rel=1e-9)
+  assert verdicts['our_unscaled_score_min'] == pytest.approx(28.0, abs=1e-9)
+  assert verdicts['result_summarizer']['score_min'] == pytest.approx(28.0 * 35.74169864842316 / 35, rel=1e-9)
+  assert verdicts['our_score_min'] == pytest.approx(verdicts['result_summarizer']['score_min'], rel=1e-9)
+  assert verdicts['scores_agree'] is True
