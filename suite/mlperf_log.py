@@ -47,7 +47,10 @@ class MLPerfLog:
 
   def close(self):
     if self._handler is not None:
+      # Detach too: a later log may get this one's id, and so its logger name, after garbage collection.
+      self._mllogger.logger.removeHandler(self._handler)
       self._handler.close()
+      self._handler = None
 
 
 

@@ -18,7 +18,9 @@ from jax.experimental import multihost_utils
 
 from suite import cache_clear
 from suite import checkpoint
+from suite import distributed
 from suite import mfu as mfu_lib
+from suite import mlperf_log
 from suite import outputs
 from suite import sharding
 from suite.clock import Clock
@@ -94,7 +96,7 @@ class TrainMonitor:
     if not math.isfinite(loss):
       raise StopTraining(f'divergence: training loss is {loss} at step {step}')
     self.last_step = step
-    if self._stop_flag['stop']:
+    if self._stop_flag['stop'] or distributed.preempted(step):  # This process's SIGTERM, or any's in a job.
       raise StopTraining('preempted')
     if step == self._profile_start:
       jax.profiler.start_trace(self._profile_dir)
@@ -223,7 +225,10 @@ class PeriodicCheckpointer:
 
 
 def _stop_on_sigterm(flag: dict):
-  """SIGTERM (what a preemption sends) asks the loop to stop at the next step; returns the previous handler."""
+  """SIGTERM (what a preemption sends) asks the loop to stop at the next step; returns the previous handler.
+  In a multi-process job SIGTERM stays with JAX's preemption service, which stops every process at one step."""
+  if distributed.preemption_service_running():
+    return None
   def handler(signum, frame):
     del signum, frame
     flag['stop'] = True
@@ -274,7 +279,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
                   eval_s=resumed_from['eval_s'] if resumed_from else 0.0)
   clock.logging_enabled = True
   if resumed_from:
-    log.event('resumed', step, metadata={'from_step': step, 'epoch': step / steps_per_epoch,
+    log.event(mlperf_log.RESUMED, step, metadata={'from_step': step, 'epoch': step / steps_per_epoch,
                                          'note': 'resumed run: not valid for closed-division scoring'})
     logging.info('resumed from the checkpoint of step %d (epoch %.2f)', step, step / steps_per_epoch)
 
@@ -325,7 +330,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
         break
   except StopTraining as e:
     state, step, reason = e.state, e.step, e.reason
-    logging.error('stopping: %s', reason)
+    logging.error('stopping at step %d: %s', step, reason)
     if reason == 'preempted':  # Keep the work: a restart with --resume continues from here.
       checkpointer.save(step, state)
   finally:
