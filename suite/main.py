@@ -5,9 +5,7 @@ selects the JAX platform, and hands a config to the runner. Bad input ends in on
 """
 
 import os
-import secrets
 import sys
-import time
 
 from absl import app, flags, logging
 
@@ -23,8 +21,9 @@ flags.DEFINE_string('variant', '', "A workload's named config variant (e.g. --wo
 flags.DEFINE_enum('platform', None, ['cpu', 'gpu', 'tpu'], 'JAX backend to run on (default: the best available).')
 flags.DEFINE_string('data_dir', None, 'TFDS data folder (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
 flags.DEFINE_string('output_dir', None, 'Where result_0.txt, summary.json and metrics.jsonl go '
-                    '(default: runs/<workload>-<scale>-<time>).')
-flags.DEFINE_integer('seed', None, 'Run seed (default: a fresh random one; MLPerf runs need distinct seeds).')
+                    '(default: runs/<workload>-<scale>-<time>, process 0\'s time in a multi-process job).')
+flags.DEFINE_integer('seed', None, 'Run seed (default: a fresh random one, drawn by process 0 in a multi-process '
+                     'job; MLPerf runs need distinct seeds).')
 flags.DEFINE_enum('division', None, ['closed', 'open'], 'MLPerf division (default: closed for full, open for tiny).')
 flags.DEFINE_string('submission_org', 'jax-suite', 'submission_org in the MLPerf log.')
 flags.DEFINE_string('submission_platform', '', "submission_platform in the log (default: '<n>x<device kind>').")
@@ -98,12 +97,12 @@ def select_platform(platform: str | None):
 
 
 def run_from_flags() -> dict:
-  from suite import runner  # pylint: disable=import-outside-toplevel
+  from suite import distributed, runner  # pylint: disable=import-outside-toplevel
   select_platform(FLAGS.platform)
   workload = registry.make_workload(FLAGS.workload, FLAGS.config, FLAGS.scale)
-  output_dir = FLAGS.output_dir or os.path.join(
-      'runs', f'{FLAGS.workload}-{FLAGS.scale}-{time.strftime("%Y%m%d-%H%M%S")}')
-  seed = FLAGS.seed if FLAGS.seed is not None else secrets.randbelow(2**31)
+  # Every process of a job gets process 0's seed and default folder: one job, one seed, one folder.
+  seed, output_dir = distributed.job_seed_and_output_dir(FLAGS.seed, FLAGS.output_dir,
+                                                         f'{FLAGS.workload}-{FLAGS.scale}')
   options = runner.RunOptions(
       output_dir=output_dir, data_dir=FLAGS.data_dir, seed=seed,
       division=division(),
@@ -130,10 +129,18 @@ def human_line(s: dict) -> str:
   metric = 'not evaluated' if s['final_metric'] is None else f"{s['final_metric']:.4f}"
   return (f"{s['workload']} ({s['scale']}, {s['division']}): {s['status']}"
           f"{'' if s['status'] == 'success' else ' (' + s['reason'] + ')'}, time to train "
-          f"{s['time_to_train_s']:.1f} s; {s['target_metric']} {metric} {verdict} target "
+          f"{s['time_to_train_s']:.1f} s{_resumed_note(s)}; {s['target_metric']} {metric} {verdict} target "
           f"{s['target']}; {s['train_steps']} steps, {s['samples_per_s']:.0f} samples/s, "
           f"MFU {_fraction(s['model_flops_utilization'])} (XLA FLOPs {_fraction(s['xla_flops_utilization'])}); "
           f"files in {s['output_dir']}")
+
+
+def _resumed_note(s: dict) -> str:
+  if s.get('resumed_from_step') is None:
+    return ''
+  wall = s.get('wall_time_to_train_s')
+  return (f" of training (resumed from step {s['resumed_from_step']}: "
+          f"{'?' if wall is None else f'{wall:.1f}'} s of wall time, what the rules count; not a closed result)")
 
 
 def _fraction(value: float | None) -> str:

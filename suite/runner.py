@@ -357,6 +357,8 @@ def run(workload: Workload, options: RunOptions) -> dict:
   summary = _summary(workload, options, clock, compiled, monitor, train_batches.wait_s, checkpointer.seconds,
                      mesh, devices, platform, peak, status, reason, epoch, step, metric)
   summary['resumed_from_step'] = resumed_from['step'] if resumed_from else None
+  # What the rules and every result tool count: the log's first run_start to its last run_stop, downtime included.
+  summary['wall_time_to_train_s'] = mlperf_log.run_span_s(path(outputs.RESULT_LOG)) if is_main else None
   summary['cache_clear'] = cache.as_dict()
   summary['skipped_train_records'] = skipped
   if is_main:
