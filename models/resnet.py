@@ -92,8 +92,17 @@ STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4,
 
 
 def resnet_from_config(model_cfg, num_classes: int) -> ResNet:
-  """Builds the ResNet a workload config asks for (`depth` or explicit `stage_sizes`)."""
-  stage_sizes = tuple(model_cfg.stage_sizes) if model_cfg.stage_sizes else STAGE_SIZES[model_cfg.depth]
+  """Builds the ResNet a workload config asks for: `stage_sizes=()` means the standard stages of `depth` (ResNet-50:
+  (3, 4, 6, 3)); explicit `stage_sizes` (small variants) set the blocks per stage, each at least one. `depth` also
+  picks the block: bottleneck from 50 up, basic below."""
+  stage_sizes = tuple(model_cfg.stage_sizes)
+  if not stage_sizes:
+    if model_cfg.depth not in STAGE_SIZES:
+      raise ValueError(f'model.depth={model_cfg.depth} has no standard stages (known: {sorted(STAGE_SIZES)}); '
+                       'set model.stage_sizes')
+    stage_sizes = STAGE_SIZES[model_cfg.depth]
+  if min(stage_sizes) < 1:
+    raise ValueError(f'model.stage_sizes={stage_sizes}: every stage needs at least one block')
   block = 'bottleneck' if model_cfg.depth >= 50 else 'basic'
   return ResNet(stage_sizes=stage_sizes, num_classes=num_classes, block=block, width=model_cfg.width,
                 small_stem=model_cfg.small_stem, dtype=jnp.dtype(model_cfg.dtype))
