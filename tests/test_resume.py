@@ -67,6 +67,9 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, data_dir, u
   resumed = json.loads((out / 'summary.json').read_text())
   reference = json.loads((uninterrupted / 'summary.json').read_text())
   assert resumed['resumed_from_step'] >= 24
+  # The rules' time includes the downtime (the restart's start-up at least); time_to_train_s leaves it out.
+  assert resumed['wall_time_to_train_s'] > resumed['time_to_train_s'] + resumed['init_s']
+  assert reference['wall_time_to_train_s'] == pytest.approx(reference['time_to_train_s'], abs=2e-3)
   assert resumed['final_metric'] == reference['final_metric']
   assert resumed['train_steps'] == reference['train_steps']
   ref_losses, losses = _losses_by_step(uninterrupted), _losses_by_step(out)
