@@ -65,6 +65,8 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, images_NHWC, train: bool):
+    if not self.stage_sizes or min(self.stage_sizes) < 1:
+      raise ValueError(f'stage_sizes={tuple(self.stage_sizes)}: need at least one stage, each of at least one block')
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME',
                              kernel_init=layers.named(nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
                                                          layers.CONV_KERNEL))

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from models import resnet
 from suite import registry
 
 
@@ -142,3 +143,15 @@ def _param_count(name, variant):
 @pytest.mark.parametrize('name,variant', sorted(REFERENCE_PARAMS))
 def test_full_model_has_the_reference_parameter_count(name, variant):
   assert _param_count(name, variant) == REFERENCE_PARAMS[(name, variant)]
+
+
+@pytest.mark.parametrize('model', [dict(depth=50, stage_sizes=(0,)), dict(depth=50, stage_sizes=(3, 0, 6)),
+                                   dict(depth=7, stage_sizes=())])
+def test_resnet_without_real_stages_is_refused(model):
+  """The old `(0,)` "use the depth" sentinel built a stem and a classifier and called it ResNet-50."""
+  config = registry.get_config('resnet', 'full')
+  config.model.update(**model)
+  with pytest.raises(ValueError, match='stage'):
+    jax.eval_shape(registry.make_workload('resnet', config, 'full').init_variables, jax.random.key(0))
+  with pytest.raises(ValueError, match='stage'):
+    resnet.ResNet(stage_sizes=(), num_classes=10).init(jax.random.key(0), np.zeros((1, 32, 32, 3)), train=False)

@@ -1,15 +1,19 @@
-"""The full ResNet config logs what the closed 4.0.0 rules demand, proven with the official checker's rules."""
+"""The resnet closed rules, proven on real runs and the official checker's own rule files (no hand-written logs)."""
+
+import json
+import math
+import os
 
 import numpy as np
 import pytest
+import yaml
+from mlperf_logging.compliance_checker import mlp_compliance
 
-from suite import runner
-from suite.clock import Clock
-from suite.mlperf_log import KEYS, MLPerfLog
 from suite.workloads import resnet
-from tests.conftest import check_log
+from tests.conftest import check_log, run_suite
 
 IMAGENET_TRAIN, IMAGENET_EVAL = 1281167, 50000
+RULES_DIR = os.path.dirname(mlp_compliance.__file__)
 
 
 def _full_workload(**optimizer_overrides):
@@ -18,25 +22,6 @@ def _full_workload(**optimizer_overrides):
   workload = resnet.Workload(config, 'full')
   workload._train_source, workload._eval_source = range(IMAGENET_TRAIN), range(IMAGENET_EVAL)  # Sizes only.
   return workload
-
-
-def _write_closed_log(path, workload):
-  """The runner's own logging calls, with the clock's events around them, for a run that reaches 0.76."""
-  log = MLPerfLog(path)
-  clock = Clock(log)
-  runner.log_submission(log, workload, runner.RunOptions(output_dir='', division='closed'), 'test-platform')
-  clock.init_start()
-  runner.log_hyperparameters(log, workload, seed=1234)
-  clock.init_stop()
-  clock.run_start()
-  for first_epoch in (1, 5):
-    clock.block_start(first_epoch, 4)
-    clock.block_stop(first_epoch)
-    clock.eval_start(first_epoch + 3)
-    clock.eval_stop(first_epoch + 3)
-    log.event(KEYS.EVAL_ACCURACY, 0.70 if first_epoch == 1 else 0.7601, metadata={'epoch_num': first_epoch + 3})
-  clock.run_stop('success')
-  log.close()
 
 
 def test_full_config_matches_the_rcp_for_batch_4096():
@@ -51,26 +36,57 @@ def test_full_config_matches_the_rcp_for_batch_4096():
   assert hp['lars_opt_learning_rate_decay_steps'] == 13137
 
 
-def test_full_closed_log_passes_the_official_checker(tmp_path):
-  path = str(tmp_path / 'result_0.txt')
-  _write_closed_log(path, _full_workload())
-  result = check_log(path)
-  assert 'SUCCESS' in result.stdout + result.stderr, result.stdout + result.stderr
+@pytest.mark.slow
+def test_tiny_closed_run_trains_to_a_log_the_official_checker_passes(tmp_path, data_dir):
+  """A real closed run (tiny scale, the closed LARS optimizer): its own result_0.txt passes the 4.0.0 closed rules,
+  including their eval_accuracy >= 0.759, which only training can reach."""
+  out = tmp_path / 'run'
+  result = run_suite('--workload=resnet', '--scale=tiny', '--division=closed', '--seed=7', f'--data_dir={data_dir}',
+                     f'--output_dir={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['division'] == 'closed' and summary['status'] == 'success', summary
+  events = [json.loads(line[len(':::MLLOG '):]) for line in (out / 'result_0.txt').read_text().splitlines()]
+  by_key = {e['key']: e['value'] for e in events}
+  assert by_key['submission_division'] == 'closed' and by_key['opt_name'] == 'lars'
+  assert max(e['value'] for e in events if e['key'] == 'eval_accuracy') >= 0.759
+  checker = check_log(str(out / 'result_0.txt'), '4.0.0')
+  assert checker.returncode == 0 and 'SUCCESS' in checker.stdout + checker.stderr, checker.stdout + checker.stderr
 
 
-def test_checker_rejects_a_weight_decay_the_rules_forbid(tmp_path):
-  """Proves the previous test can fail: 3e-4 is not 1e-4 * 2^k."""
-  path = str(tmp_path / 'result_0.txt')
-  _write_closed_log(path, _full_workload(weight_decay=3e-4))
-  result = check_log(path)
-  assert 'FAILED' in result.stdout + result.stderr
+def _optimizer_rules(opt_name):
+  """The checker's per-optimizer resnet rules (training_4.0.0/closed_resnet.yaml enqueues
+  training_3.1.0/closed_resnet_<opt_name>.yaml): {key: [CHECK expressions]}."""
+  with open(os.path.join(RULES_DIR, 'training_3.1.0', f'closed_resnet_{opt_name}.yaml')) as f:
+    rules = yaml.safe_load(f)
+  return {r['KEY']['NAME']: [r['KEY']['CHECK']] if isinstance(r['KEY'].get('CHECK', []), str)
+          else r['KEY'].get('CHECK', []) for r in rules}
 
 
-def test_sgd_variant_also_passes_closed_rules(tmp_path):
-  path = str(tmp_path / 'result_0.txt')
-  _write_closed_log(path, _full_workload(name='sgd', weight_decay=1e-4))
-  result = check_log(path)
-  assert 'SUCCESS' in result.stdout + result.stderr, result.stdout + result.stderr
+def _violations(hp, rules):
+  problems = [f'{key} not logged' for key in rules if key not in hp]
+  for key, checks in rules.items():
+    for check in checks:
+      if key in hp and not eval(check.strip(), {'math': math, 'is_integer': mlp_compliance.is_integer},  # noqa: S307
+                                {'v': {'value': hp[key]}}):
+        problems.append(f'{key}={hp[key]} fails {check.strip()}')
+  return problems
+
+
+@pytest.mark.parametrize('optimizer', [dict(name='lars'), dict(name='sgd', weight_decay=1e-4)])
+def test_full_config_logs_what_the_optimizer_rules_demand(optimizer):
+  """The full config's hyperparameters for each closed optimizer, against the checker's own rule file."""
+  workload = _full_workload(**optimizer)
+  hp = workload.hyperparameters(IMAGENET_TRAIN / workload.global_batch_size)
+  assert _violations(hp, _optimizer_rules(optimizer['name'])) == []
+
+
+def test_the_rule_file_check_can_fail():
+  """3e-4 is not 1e-4 x 2^k: the same check names it."""
+  workload = _full_workload(weight_decay=3e-4)
+  hp = workload.hyperparameters(IMAGENET_TRAIN / workload.global_batch_size)
+  assert _violations(hp, _optimizer_rules('lars')) == [
+      "lars_opt_weight_decay=0.0003 fails is_integer(math.log2(v['value'] / 0.0001))"]
 
 
 @pytest.mark.parametrize('step,expected', [(0, 0.0), (1, 2.0), (5, 10.0), (10, 2.500075), (15, 1e-4), (100, 1e-4)])

@@ -33,7 +33,8 @@ def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
   c.skip_bad_records = False  # True: replace an undecodable train record by the next good one, and count it.
   c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0))
   # Model.
-  c.model = ml_collections.ConfigDict(dict(depth=50, width=64, stage_sizes=(0,), small_stem=False,
+  # stage_sizes=(): the standard stages of `depth` (ResNet-50: 3, 4, 6, 3).
+  c.model = ml_collections.ConfigDict(dict(depth=50, width=64, stage_sizes=(), small_stem=False,
                                            dtype='bfloat16'))
   # Optimisation: the RCP for batch 4096 in mlperf_logging's rcp_checker (training_4.0.0/rcps_resnet.json).
   c.global_batch_size = 4096
@@ -198,11 +199,12 @@ class ResNetWorkload(workload_lib.Workload):
                          decay_steps=round(o.decay_epochs * steps_per_epoch))
 
   def optimizer(self, schedule):
+    from suite import optimizers  # pylint: disable=import-outside-toplevel
     o = self.config.optimizer
     if o.name == 'lars':
-      return optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=_decays,
-                        trust_coefficient=o.trust_coefficient, eps=o.epsilon, trust_ratio_mask=_decays,
-                        momentum=o.momentum)
+      # MLPerf's LARS (trust eta|w| / (|g| + wd|w|), kernels only), not optax.lars: see suite/optimizers.py.
+      return optimizers.mlperf_lars(schedule, momentum=o.momentum, weight_decay=o.weight_decay,
+                                    trust_coefficient=o.trust_coefficient, epsilon=o.epsilon, mask=_decays)
     if o.name == 'sgd':
       return optax.chain(optax.add_decayed_weights(o.weight_decay, mask=_decays),
                          optax.sgd(schedule, momentum=o.momentum, nesterov=True))
