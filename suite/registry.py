@@ -51,4 +51,7 @@ def get_config(name: str, scale: str, variant: str = ''):
 
 def make_workload(name: str, config, scale: str):
   """The workload object for a (possibly overridden) config of `get_config`."""
-  return workload_class(name, config.get('variant', ''))(config, scale)
+  try:
+    return workload_class(name, config.get('variant', ''))(config, scale)
+  except ValueError as e:  # A config the model cannot be built from, e.g. --config.model.depth=7.
+    raise UserError(f'{name}: {e}') from None

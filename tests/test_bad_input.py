@@ -79,3 +79,9 @@ def test_resume_without_a_checkpoint_keeps_the_started_run(tmp_path):
                                f'--output_dir={tmp_path}'))
   assert 'no readable checkpoint to resume from' in line
   assert (tmp_path / 'result_0.txt').read_text() == 'started run\n'
+
+
+def test_a_config_the_model_cannot_be_built_from_is_one_line(tmp_path):
+  line = _error_line(run_suite('--workload=resnet', '--scale=tiny', '--config.model.depth=7',
+                               '--config.model.stage_sizes=()', f'--data_dir={tmp_path}'))
+  assert 'model.depth=7' in line

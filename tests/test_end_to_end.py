@@ -20,9 +20,11 @@ def _mllog(path):
 
 
 @pytest.mark.slow
-def test_tiny_resnet_reaches_target_with_a_compliant_log(tmp_path, data_dir):
+def test_tiny_resnet_reaches_target_with_a_compliant_closed_log(tmp_path, data_dir):
+  """A real closed run (tiny scale, the closed LARS optimizer): its own result_0.txt passes the 4.0.0 closed
+  rules, including their eval_accuracy >= 0.759, which only training can reach."""
   out = tmp_path / 'run'
-  result = run_suite('--workload=resnet', '--scale=tiny', '--seed=7', f'--data_dir={data_dir}',
+  result = run_suite('--workload=resnet', '--scale=tiny', '--division=closed', '--seed=7', f'--data_dir={data_dir}',
                      f'--output_dir={out}', '--profile_steps=3:5')
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((out / 'summary.json').read_text())
@@ -36,8 +38,8 @@ def test_tiny_resnet_reaches_target_with_a_compliant_log(tmp_path, data_dir):
   assert summary['model_flops_per_step_per_device'] == 6 * 12_501_632 * 128  # 12.5 M MACs: tests/test_mfu.py
   assert summary['train_samples'] == summary['train_steps'] * 128
 
-  checker = check_log(str(out / 'result_0.txt'))
-  assert 'SUCCESS' in checker.stdout + checker.stderr, checker.stdout + checker.stderr
+  checker = check_log(str(out / 'result_0.txt'), '4.0.0')
+  assert checker.returncode == 0 and 'SUCCESS' in checker.stdout + checker.stderr, checker.stdout + checker.stderr
 
   events = _mllog(out / 'result_0.txt')
   keys = [e['key'] for e in events]
@@ -47,6 +49,8 @@ def test_tiny_resnet_reaches_target_with_a_compliant_log(tmp_path, data_dir):
   assert keys.index('init_stop') < keys.index('run_start') < keys.index('block_start')
   by_key = {e['key']: e for e in events}
   assert by_key['seed']['value'] == 7
+  assert by_key['submission_division']['value'] == 'closed' and by_key['opt_name']['value'] == 'lars'
+  assert max(e['value'] for e in events if e['key'] == 'eval_accuracy') >= 0.759
   assert by_key['run_stop']['metadata']['status'] == 'success'
   run_s = (by_key['run_stop']['time_ms'] - by_key['run_start']['time_ms']) / 1e3
   # summary.json and the log tell the same time: both come from the same clock readings, so only the log's

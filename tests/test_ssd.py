@@ -1,6 +1,6 @@
-"""The ssd workload: mAP by pycocotools on fixtures, the losses, closed-rule logging, 1 vs 8 devices, end to end."""
+"""The ssd workload: mAP by pycocotools on fixtures, the losses, closed-rule logging, 1 vs 8 devices (end to end:
+tests/test_ssd_rules.py)."""
 
-import json
 
 import flax
 import jax
@@ -15,7 +15,7 @@ from suite.mlperf_log import KEYS, MLPerfLog
 from suite.steps import compile_steps
 from suite import registry
 from suite.workloads import ssd
-from tests.conftest import check_log, run_suite
+from tests.conftest import check_log
 
 
 def _ground_truth(boxes_xywh):
@@ -104,23 +104,16 @@ def _write_closed_log(path, workload, accuracy, params=None):
   log.close()
 
 
-def test_full_retinanet_closed_log_passes_the_official_checker(tmp_path):
-  path = str(tmp_path / 'result_0.txt')
-  _write_closed_log(path, _full_workload(), 0.341)
-  result = check_log(path, '4.1.0')
-  assert 'SUCCESS' in result.stdout + result.stderr, result.stdout + result.stderr
+def test_full_retinanet_logs_the_closed_hyperparameters():
+  # The closed log itself is proven by training: tests/test_ssd_rules.py.
   hp = _full_workload().hyperparameters(1170301 / 256)
   assert hp == {'opt_name': 'adam', 'opt_base_learning_rate': 1e-4, 'opt_weight_decay': 0.0,
                 'opt_learning_rate_warmup_factor': 1e-3, 'opt_learning_rate_warmup_epochs': 1.0}
 
 
-def test_closed_checker_rejects_a_run_short_of_the_target(tmp_path):
-  path = str(tmp_path / 'result_0.txt')
-  _write_closed_log(path, _full_workload(), 0.339)
-  assert 'FAILED' in check_log(path, '4.1.0').stdout + check_log(path, '4.1.0').stderr
-
-
 def test_full_ssd300_closed_log_passes_the_official_1_1_0_checker(tmp_path):
+  # SSD300 has no tiny scale to train on a CPU: the runner's own logging calls (with the reference's 119 tensor
+  # names) on a simulated clock stand in for a run; the accuracy is the one hand-written number.
   workload = _full_workload('ssd300')
   workload._train_source, workload._eval_source = range(117266), range(5000)  # COCO 2017 sizes.
   shapes = jax.eval_shape(lambda: workload.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 300, 300, 3)),
@@ -156,15 +149,3 @@ def test_eval_map_is_the_same_on_one_and_eight_devices(tiny_workload):
   map_1 = _eval_map(tiny_workload, jax.devices()[:1])
   map_8 = _eval_map(tiny_workload, jax.devices())
   assert map_1 == pytest.approx(map_8, abs=1e-6)
-
-
-@pytest.mark.slow
-def test_tiny_ssd_reaches_target_with_a_compliant_log(tmp_path, data_dir):
-  out = tmp_path / 'run'
-  result = run_suite('--workload=ssd', '--scale=tiny', '--seed=3', f'--data_dir={data_dir}', f'--output_dir={out}')
-  assert result.returncode == 0, result.stderr[-3000:]
-  summary = json.loads((out / 'summary.json').read_text())
-  assert summary['status'] == 'success' and summary['final_metric'] >= summary['target']
-  assert summary['compiles_after_run_start'] == 0
-  checker = check_log(str(out / 'result_0.txt'), '4.1.0')
-  assert 'SUCCESS' in checker.stdout + checker.stderr, checker.stdout + checker.stderr

@@ -19,6 +19,7 @@ def test_tiny_closed_retinanet_trains_to_a_log_the_official_checker_passes(tmp_p
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['division'] == 'closed' and summary['status'] == 'success', summary
+  assert summary['final_metric'] >= summary['target'] and summary['compiles_after_run_start'] == 0
   events = [json.loads(line[len(':::MLLOG '):]) for line in (out / 'result_0.txt').read_text().splitlines()]
   by_key = {e['key']: e['value'] for e in events}
   assert by_key['submission_division'] == 'closed' and by_key['submission_benchmark'] == 'ssd'

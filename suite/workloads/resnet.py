@@ -16,6 +16,7 @@ from input_pipelines import generated_images
 from input_pipelines import image_classification as pipeline
 from models import flops
 from models import resnet
+from suite import optimizers
 from suite import workload as workload_lib
 
 def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
@@ -199,7 +200,6 @@ class ResNetWorkload(workload_lib.Workload):
                          decay_steps=round(o.decay_epochs * steps_per_epoch))
 
   def optimizer(self, schedule):
-    from suite import optimizers  # pylint: disable=import-outside-toplevel
     o = self.config.optimizer
     if o.name == 'lars':
       # MLPerf's LARS (trust eta|w| / (|g| + wd|w|), kernels only), not optax.lars: see suite/optimizers.py.
