@@ -1,8 +1,13 @@
-"""The one place that starts JAX's multi-controller runtime (jax.distributed); no cluster code of our own."""
+"""The one place that starts JAX's multi-controller runtime (jax.distributed) and makes the processes of a job
+agree: one seed, one output folder, one preemption step. No cluster code of our own."""
 
 import os
+import secrets
+import time
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from suite.errors import UserError
 
@@ -35,3 +40,35 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
     raise UserError(f'could not join the distributed job at {coordinator_address} within {timeout_s} s '
                     f'({first_line}): check that every process was started with the same --coordinator_address '
                     'and --num_processes') from None
+
+
+def job_seed_and_output_dir(seed: int | None, output_dir: str | None, run_name: str) -> tuple[int, str]:
+  """One job, one seed, one folder: process 0 decides the seed (`seed`, else a fresh random one) and the default
+  output folder (runs/<run_name>-<its local time>), and every process of the job gets the same two. An explicit
+  `output_dir` is each process's own (normally the same shared path on every host)."""
+  seed = secrets.randbelow(2**31) if seed is None else seed
+  stamp = time.strftime('%Y%m%d-%H%M%S')
+  if jax.process_count() > 1:
+    seed, stamp = _from_process_0(seed, stamp)
+  return seed, output_dir or os.path.join('runs', f'{run_name}-{stamp}')
+
+
+def _from_process_0(seed: int, stamp: str) -> tuple[int, str]:
+  """Process 0's seed and time stamp on every process, as int32s (what a collective carries without x64)."""
+  payload = np.concatenate([np.array([seed], np.int64).view(np.int32),
+                            np.frombuffer(stamp.encode('ascii'), np.uint8).astype(np.int32)])
+  payload = np.asarray(multihost_utils.broadcast_one_to_all(payload), np.int32)
+  return int(payload[:2].copy().view(np.int64)[0]), payload[2:].astype(np.uint8).tobytes().decode('ascii')
+
+
+def preemption_service_running() -> bool:
+  """Whether JAX's preemption service runs in this process: in every process of a jax.distributed job (unless
+  jax_enable_preemption_service is off). It owns SIGTERM: a notice to any process reaches all of them."""
+  return jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service
+
+
+def preempted(step: int) -> bool:
+  """True at the one step where every process of a preempted job stops (JAX's preemption sync point: the step
+  after the largest one any process had reached when the notice came). Call it at every step, in order, on every
+  process; without the preemption service it is always False. Costs well under a microsecond."""
+  return preemption_service_running() and multihost_utils.reached_preemption_sync_point(step)
