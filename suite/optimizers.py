@@ -70,3 +70,19 @@ def mlperf_lars(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, we
       optax.scale_by_learning_rate(learning_rate),
       optax.trace(decay=momentum, nesterov=False),
   )
+
+
+def parameter_labels(params, is_frozen: Callable[[tuple[str, ...]], bool]) -> Any:
+  """'frozen' or 'trained' per leaf, from its path of names (boxes such as LogicallyPartitioned are looked through)."""
+  def label(path, _):
+    names = tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+    return 'frozen' if is_frozen(names) else 'trained'
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def freeze(tx: optax.GradientTransformation,
+           is_frozen: Callable[[tuple[str, ...]], bool]) -> optax.GradientTransformation:
+  """`tx` on the trained parameters, zero updates (and no optimizer state) for the frozen ones: the reference's
+  `requires_grad=False`. Not `optax.masked`, which would pass the frozen leaves' raw gradients through as updates."""
+  return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()},
+                               lambda params: parameter_labels(params, is_frozen))
