@@ -12,10 +12,13 @@ weight/bias -> scale/bias in `params`, running_mean/var -> mean/var in `batch_st
 import hashlib
 import io
 import re
+import zipfile
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+import safetensors
+import safetensors.numpy
 from flax import traverse_util
 
 from suite.errors import UserError
@@ -39,15 +42,15 @@ def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], str]:
     raise UserError(f'backbone checkpoint {path}: {e.strerror.lower() if e.strerror else e}') from None
   try:
     if path.endswith('.safetensors'):
-      import safetensors.numpy  # pylint: disable=import-outside-toplevel
       tensors = safetensors.numpy.load(data)
     else:
       with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         tensors = {name: npz[name] for name in npz.files}
-  except Exception as e:  # pylint: disable=broad-except (each format's parser raises its own types)
+  except KeyError as e:  # safetensors' NumPy reader knows no bfloat16.
+    raise UserError(f'backbone checkpoint {path}: cannot read dtype {e}: save the tensors as float32') from None
+  except (safetensors.SafetensorError, zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
     first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise UserError(f'backbone checkpoint {path}: cannot read it ({first_line}); bfloat16 tensors need converting '
-                    'to float32 first') from None
+    raise UserError(f'backbone checkpoint {path}: cannot read it ({first_line})') from None
   return tensors, hashlib.sha256(data).hexdigest()
 
 

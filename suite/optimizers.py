@@ -82,7 +82,11 @@ def parameter_labels(params, is_frozen: Callable[[tuple[str, ...]], bool]) -> An
 
 def freeze(tx: optax.GradientTransformation,
            is_frozen: Callable[[tuple[str, ...]], bool]) -> optax.GradientTransformation:
-  """`tx` on the trained parameters, zero updates (and no optimizer state) for the frozen ones: the reference's
-  `requires_grad=False`. Not `optax.masked`, which would pass the frozen leaves' raw gradients through as updates."""
-  return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()},
-                               lambda params: parameter_labels(params, is_frozen))
+  """`tx` as if the frozen parameters were not there (the reference's `requires_grad=False`): their gradients are
+  zeroed before `tx` (so nothing global, e.g. a gradient norm, sees them) and their updates after it (so no weight
+  decay moves them). Not `optax.multi_transform`: its state holds boxed empty nodes where the frozen leaves were,
+  which the state's sharding cannot place; here `tx`'s state keeps its shape (moments of frozen leaves stay 0)."""
+  zero_frozen = optax.masked(optax.set_to_zero(),
+                             lambda params: jax.tree.map(lambda label: label == 'frozen',
+                                                         parameter_labels(params, is_frozen)))
+  return optax.chain(zero_frozen, tx, zero_frozen)

@@ -273,6 +273,9 @@ def run(workload: Workload, options: RunOptions) -> dict:
   if resumable:
     state, meta = checkpoint.restore_latest_valid(options.output_dir, compiled.state_specs)
     step, resumed_from = meta['step'], meta
+  else:
+    params, model_state = workload.load_pretrained(state.params, state.model_state)
+    state = state._replace(params=params, model_state=model_state)
   log_hyperparameters(init_log, workload, options.seed, state.params)
   clock.init_stop(state)
   clock.run_start(already_elapsed_s=resumed_from['run_elapsed_s'] if resumed_from else 0.0,

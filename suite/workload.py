@@ -129,6 +129,12 @@ class Workload(abc.ABC):
   def init_variables(self, rng: jax.Array) -> tuple[Any, Any]:
     """Returns (params, model_state)."""
 
+  def load_pretrained(self, params, model_state) -> tuple[Any, Any]:
+    """The initial (params, model_state) with the weights the reference starts from loaded (e.g. an ImageNet
+    backbone from a file the config names); each replaced leaf keeps its dtype and sharding. The runner calls it
+    after init, inside the init phase, and not for a resumed run. Default: nothing to load."""
+    return params, model_state
+
   @abc.abstractmethod
   def loss(self, params, model_state, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
     """Training loss; returns (loss, (new_model_state, metrics))."""

@@ -1,24 +1,31 @@
 """What the detection variants share: the data (COCO-layout TFDS splits), the eval (post-processed detections,
-pycocotools mAP), the inference hooks, and the base config. A variant supplies its model, anchors, loss,
-optimizer and logged hyperparameters.
+pycocotools mAP), the inference hooks, the base config, and the pretrained backbone (a torchvision ImageNet
+checkpoint loaded at init, the reference's frozen layers masked out of the update, a closed full run refused
+without it). A variant supplies its model, anchors, loss, optimizer, logged hyperparameters and which torchvision
+backbone its reference starts from.
 """
 
 import abc
 import contextlib
 import io
+import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
 from input_pipelines import detection as pipeline
 from input_pipelines import generated_detection
 from input_pipelines import image_classification
 from models import box_ops
 from models import flops
+from models import torchvision_weights
+from suite import optimizers
 from suite import workload as workload_lib
+from suite.errors import UserError
 
 # Columns of one detection in an inference response: normalised box (ymin, xmin, ymax, xmax), score, class.
 DETECTION_FIELDS = 6
@@ -44,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
                                                  max_detections=300))
   c.eval_every_epochs = 1
   c.log_every_steps = 100
+  # A torchvision ImageNet state dict of the backbone (.safetensors or .npz, BUILD.md); '' starts from random
+  # weights, which only the open division allows for a full model.
+  c.backbone_checkpoint = ''
   return c
 
 
@@ -53,12 +63,20 @@ class DetectionWorkload(workload_lib.Workload):
   metric_name = 'mAP'
   activation = 'sigmoid'  # Per-class scores: 'sigmoid' (RetinaNet) or 'softmax' with background at 0 (SSD).
 
+  # The reference's backbone: torchvision's name of the ImageNet model it starts from, and the checkpoint tensors
+  # its detector does not use (besides BN's num_batches_tracked).
+  torchvision_backbone: str
+  backbone_dropped: tuple[str, ...] = ('fc.',)
+
   def __init__(self, config, scale):
     super().__init__(config, scale)
+    if config.backbone_checkpoint and not os.path.isfile(config.backbone_checkpoint):
+      raise UserError(f'--config.backbone_checkpoint={config.backbone_checkpoint}: no such file')
     self.model = self.build_model()
     self.anchors = self.build_anchors()
     self._train_source = self._eval_source = None
     self._ground_truth = None
+    self._backbone_sha256 = None
 
   @abc.abstractmethod
   def build_model(self):
@@ -71,6 +89,61 @@ class DetectionWorkload(workload_lib.Workload):
   @abc.abstractmethod
   def per_image_loss(self, anchors_Ax4, logits_AxC, deltas_Ax4, boxes_Mx4, classes_M, box_mask_M):
     """(class loss, box loss) of one image."""
+
+  @classmethod
+  @abc.abstractmethod
+  def is_reference_backbone(cls, config) -> bool:
+    """Whether the config's backbone is `torchvision_backbone` (full), not a small stand-in (tiny)."""
+
+  @abc.abstractmethod
+  def backbone_stage_sizes(self) -> tuple[int, ...]:
+    """Blocks per stage of our backbone, torchvision's layer1, layer2, ..."""
+
+  def trainable_backbone_layers(self) -> int:
+    """torchvision's `trainable_backbone_layers` (5: every layer trains): what the reference trains."""
+    return 5
+
+  def frozen_bn(self) -> bool:
+    """Whether the backbone's BN is FrozenBatchNorm2d, whose affine the reference never trains."""
+    return False
+
+  # --- the pretrained backbone ---
+  @classmethod
+  def closed_violations(cls, config):
+    if cls.is_reference_backbone(config) and not config.backbone_checkpoint:
+      return [(f"a backbone from random weights (the reference starts from torchvision's ImageNet "
+               f'{cls.torchvision_backbone} weights: convert them once as BUILD.md shows and pass '
+               '--config.backbone_checkpoint=PATH)')]
+    return []
+
+  def load_pretrained(self, params, model_state):
+    path = self.config.backbone_checkpoint
+    if not path:
+      if self.is_reference_backbone(self.config):  # Only an open run gets here (the closed guard refuses it).
+        logging.warning('the %s backbone starts from random weights, not from the ImageNet weights the reference '
+                        'starts from (--config.backbone_checkpoint=PATH loads them)', self.torchvision_backbone)
+      return params, model_state
+    tensors, self._backbone_sha256 = torchvision_weights.read_state_dict(path)
+    return torchvision_weights.place_backbone(tensors, path, params, model_state, self.backbone_stage_sizes(),
+                                              self.backbone_dropped)
+
+  def frozen_parameter(self, path: tuple[str, ...]) -> bool:
+    return torchvision_weights.reference_frozen(path, self.backbone_stage_sizes(), self.trainable_backbone_layers(),
+                                                self.frozen_bn())
+
+  def without_frozen(self, tx):
+    """`tx` with the reference's frozen parameters (frozen layers, FrozenBatchNorm2d affines) masked out."""
+    if self.trainable_backbone_layers() == 5 and not self.frozen_bn():
+      return tx
+    return optimizers.freeze(tx, self.frozen_parameter)
+
+  def init_log_events(self, params):
+    """How the backbone starts: 'pretrained' (the checkpoint's path and SHA-256) or 'random' (open runs only)."""
+    c = self.config
+    return [('backbone_initialization', 'pretrained' if c.backbone_checkpoint else 'random',
+             {'architecture': self.torchvision_backbone if self.is_reference_backbone(c) else None,
+              'checkpoint': c.backbone_checkpoint, 'sha256': self._backbone_sha256,
+              'trainable_backbone_layers': self.trainable_backbone_layers()})]
 
   # --- data ---
   def open_data(self, data_dir):

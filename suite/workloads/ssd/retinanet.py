@@ -18,7 +18,7 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
   c = common.base_config()
   c.model = ml_collections.ConfigDict(dict(
       stage_sizes=(3, 4, 6, 3), width=64, groups=32, width_per_group=4, fpn_channels=256, head_convs=4,
-      min_level=3, max_level=7, num_anchors=9, dtype='bfloat16', frozen_bn=True))
+      min_level=3, max_level=7, num_anchors=9, dtype='bfloat16', frozen_bn=True, trainable_backbone_layers=3))
   # torchvision's RetinaNet anchors: one size per level 3-7, 3 scales x 3 aspect ratios per location.
   c.anchors = ml_collections.ConfigDict(dict(sizes=(32.0, 64.0, 128.0, 256.0, 512.0),
                                              scales=(1.0, 2**(1 / 3), 2**(2 / 3)), aspect_ratios=(0.5, 1.0, 2.0)))
@@ -38,7 +38,7 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     c.generated = ml_collections.ConfigDict(dict(num_train=1024, num_eval=128, image_size=64))
     c.model = ml_collections.ConfigDict(dict(
         stage_sizes=(1, 1, 1), width=16, groups=4, width_per_group=4, fpn_channels=32, head_convs=1,
-        min_level=3, max_level=5, num_anchors=9, dtype='float32', frozen_bn=False))
+        min_level=3, max_level=5, num_anchors=9, dtype='float32', frozen_bn=False, trainable_backbone_layers=3))
     c.anchors.sizes = (8.0, 16.0, 32.0)
     c.postprocess.update(pre_nms_top_k=200, max_detections=20)
     c.global_batch_size = 32
@@ -59,7 +59,9 @@ class RetinaNetWorkload(common.DetectionWorkload):
   # The 4.1.0 closed rules fix Adam with no weight decay; the batch size, base learning rate and warm-up are the
   # submitter's (the RCP table gives the reference values per batch size).
   closed_free_fields = ('global_batch_size', 'optimizer.learning_rate', 'optimizer.warmup_epochs',
-                        'optimizer.warmup_factor', 'model.dtype', 'max_epochs', 'log_every_steps', 'data_threads')
+                        'optimizer.warmup_factor', 'model.dtype', 'max_epochs', 'log_every_steps', 'data_threads',
+                        'backbone_checkpoint')
+  torchvision_backbone = 'resnext50_32x4d'
   loadgen_model = 'retinanet'
   # mlcommons/inference vision/classification_and_detection/README.md: retinanet 800x800 FP32 0.3755 mAP.
   inference_reference_accuracy = 0.3755
@@ -70,6 +72,22 @@ class RetinaNetWorkload(common.DetectionWorkload):
 
   def build_model(self):
     return retinanet.retinanet_from_config(self.config.model, self.config.num_classes)
+
+  @classmethod
+  def is_reference_backbone(cls, config):
+    m = config.model
+    return (tuple(m.stage_sizes), m.width, m.groups, m.width_per_group) == ((3, 4, 6, 3), 64, 32, 4)
+
+  def backbone_stage_sizes(self):
+    return tuple(self.config.model.stage_sizes)
+
+  def trainable_backbone_layers(self):
+    # The reference (train.py --trainable-backbone-layers=3) freezes conv1 and layer1 of a pretrained backbone and
+    # trains every layer of a random one (torchvision's _validate_trainable_layers).
+    return self.config.model.trainable_backbone_layers if self.config.backbone_checkpoint else 5
+
+  def frozen_bn(self):
+    return self.config.model.frozen_bn
 
   def build_anchors(self):
     c = self.config
@@ -87,7 +105,8 @@ class RetinaNetWorkload(common.DetectionWorkload):
     o = self.config.optimizer
     if o.name != 'adam':
       raise ValueError(f"config.optimizer.name must be 'adam' for RetinaNet, not {o.name!r}")
-    return optax.adamw(schedule, weight_decay=o.weight_decay) if o.weight_decay else optax.adam(schedule)
+    tx = optax.adamw(schedule, weight_decay=o.weight_decay) if o.weight_decay else optax.adam(schedule)
+    return self.without_frozen(tx)
 
   def hyperparameters(self, steps_per_epoch):
     o = self.config.optimizer

@@ -46,7 +46,11 @@ class SSD300Workload(common.DetectionWorkload):
   activation = 'softmax'
   closed_free_fields = ('global_batch_size', 'optimizer.learning_rate', 'optimizer.warmup_epochs',
                         'optimizer.decay_boundary_epochs', 'optimizer.momentum', 'optimizer.weight_decay',
-                        'model.dtype', 'max_epochs', 'log_every_steps', 'data_threads')
+                        'model.dtype', 'max_epochs', 'log_every_steps', 'data_threads', 'backbone_checkpoint')
+  # The reference (ssd/base_model.py ResNet34) loads all of torchvision's resnet34 and keeps conv1..layer3; it
+  # trains every tensor, with ordinary BatchNorm2d (no frozen layers).
+  torchvision_backbone = 'resnet34'
+  backbone_dropped = ('layer4.', 'fc.')
 
   @classmethod
   def get_config(cls, scale):
@@ -55,6 +59,13 @@ class SSD300Workload(common.DetectionWorkload):
   def build_model(self):
     # Softmax over classes with background at index 0.
     return ssd300.ssd300_from_config(self.config.model, self.config.num_classes + 1)
+
+  @classmethod
+  def is_reference_backbone(cls, config):
+    return config.model.width == 64
+
+  def backbone_stage_sizes(self):
+    return tuple(ssd300.ResNetBackbone.stage_sizes)
 
   def build_anchors(self):
     return box_ops.ssd300_default_boxes()
@@ -77,7 +88,8 @@ class SSD300Workload(common.DetectionWorkload):
   def init_log_events(self, params):
     """The closed 1.1.0 rules want a `weights_initialization` event for every tensor of the reference model,
     named as the reference names it."""
-    return [('weights_initialization', None, {'tensor': name}) for name in reference_tensor_names(params)]
+    return super().init_log_events(params) + [('weights_initialization', None, {'tensor': name})
+                                              for name in reference_tensor_names(params)]
 
   def hyperparameters(self, steps_per_epoch):
     o = self.config.optimizer
