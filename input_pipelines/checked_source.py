@@ -7,7 +7,7 @@ from typing import Any
 from absl import logging
 from PIL import Image
 
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 SKIP_HINT = 're-prepare the dataset or set --config.skip_bad_records=True'
 # A result is scored on the whole eval split: skipping an eval record would score a different, smaller split.

@@ -11,7 +11,7 @@ from PIL import Image
 # Shared with the classification pipeline: the same normalisation, the same draft-mode crop-and-resize, the same
 # batch-size check.
 from input_pipelines.image_classification import crop_resize, global_eval_stream, global_train_stream, normalize
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 AUGMENTATIONS = ('flip', 'ssd_crop')
 # The MLPerf SSD reference's SSDCropping: keep the whole image (None), or a crop whose IoU with every box is above

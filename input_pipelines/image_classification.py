@@ -15,7 +15,7 @@ from PIL import Image
 from tensorflow_datasets.core import constants as tfds_constants
 
 from input_pipelines import checked_source
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 # ImageNet channel statistics in 0-255 units (MLPerf ResNet reference).
 IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], np.float32)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 NUM_CLASSES = 264
 SPLITS = ('train', 'validation')

@@ -8,7 +8,7 @@ mask) so a workload's train and eval steps compile once.
 
 import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

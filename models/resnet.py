@@ -1,7 +1,8 @@
 """ResNet v1.5 in Flax (NHWC): ResNet-50 for the MLPerf benchmark and small variants for tiny runs."""
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -1,7 +1,8 @@
 """SSD300 with a truncated ResNet-34 in Flax (NHWC): the MLPerf Training `ssd` model of ruleset 1.1.0 (8732 boxes)."""
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -13,7 +13,8 @@ import hashlib
 import io
 import re
 import zipfile
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -21,7 +22,7 @@ import safetensors
 import safetensors.numpy
 from flax import traverse_util
 
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 BLOCK = re.compile(r'^(\w+Block)_(\d+)$')
 # torchvision's trainable layers, last first (torchvision.models.detection.backbone_utils.resnet_fpn_backbone).

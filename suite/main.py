@@ -9,9 +9,9 @@ import sys
 
 from absl import app, flags, logging
 
-from suite import config as config_lib
-from suite import registry
-from suite.errors import UserError
+from suite.common import config as config_lib
+from suite.common import registry
+from suite.common.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workload', 'resnet', f'Benchmark to run: one of {", ".join(sorted(registry.WORKLOADS))}.')
@@ -83,7 +83,8 @@ def select_platform(platform: str | None):
   """Points JAX at the requested backend and joins the distributed job, failing in one line if this machine
   lacks the backend or the job cannot form."""
   import jax  # pylint: disable=import-outside-toplevel
-  from suite import distributed  # pylint: disable=import-outside-toplevel
+
+  from suite.common import distributed  # pylint: disable=import-outside-toplevel
   if platform:
     jax.config.update('jax_platforms', _JAX_PLATFORMS[platform])
   # Before anything asks for devices: the backend must be created knowing about the other processes.
@@ -97,7 +98,8 @@ def select_platform(platform: str | None):
 
 
 def run_from_flags() -> dict:
-  from suite import distributed, runner  # pylint: disable=import-outside-toplevel
+  from suite.common import distributed  # pylint: disable=import-outside-toplevel
+  from suite.training import runner  # pylint: disable=import-outside-toplevel
   select_platform(FLAGS.platform)
   workload = registry.make_workload(FLAGS.workload, FLAGS.config, FLAGS.scale)
   # Every process of a job gets process 0's seed and default folder: one job, one seed, one folder.

@@ -10,7 +10,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One persistent compilation cache for the test session's many short runs: the same steps compile once.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'mlperf-suite-test-jax-cache'))
 
-import pytest  # noqa: E402
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""Test helper: `python -m tests.failing_sut infer|infer_bench FLAGS` runs suite.infer or suite.infer_bench with a
+"""Test helper: `python -m tests.failing_sut infer|infer_bench FLAGS` runs suite.inference.run or .bench with a
 forward that raises for every third batch the SUT dispatches (calibration and the bench's bare loop, which run on
 other threads, are untouched), as a device or host failure during a LoadGen test would."""
 
@@ -8,7 +8,7 @@ import threading
 
 from absl import app
 
-from suite import infer_model
+from suite.inference import model as infer_model
 
 
 def inject_failures(every: int = 3) -> None:
@@ -24,8 +24,9 @@ def inject_failures(every: int = 3) -> None:
 
 
 if __name__ == '__main__':
-  from suite import infer, infer_bench  # pylint: disable=import-outside-toplevel
   from suite import main as suite_main  # pylint: disable=import-outside-toplevel
+  from suite.inference import bench as infer_bench  # pylint: disable=import-outside-toplevel
+  from suite.inference import run as infer  # pylint: disable=import-outside-toplevel
   entry = {'infer': infer.main, 'infer_bench': infer_bench.main}[sys.argv.pop(1)]
   inject_failures()
   app.run(entry, flags_parser=suite_main.parse_flags)

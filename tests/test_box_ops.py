@@ -174,8 +174,8 @@ def test_postprocess_sigmoid():
   # Anchors 0 and 1 overlap: class 0 keeps anchor 0 only; class 1 on anchor 1 survives (another class);
   # anchor 2 scores under the threshold everywhere.
   logits = jnp.array([[3.0, -9.0], [2.0, 1.0], [-9.0, -9.0]])
-  fn = jax.jit(lambda l, d, a: box_ops.postprocess_detections(
-      l, d, a, score_threshold=0.05, pre_nms_top_k=4, iou_threshold=0.5, max_detections=5,
+  fn = jax.jit(lambda logits, d, a: box_ops.postprocess_detections(
+      logits, d, a, score_threshold=0.05, pre_nms_top_k=4, iou_threshold=0.5, max_detections=5,
       weights=(1.0, 1.0, 1.0, 1.0), activation='sigmoid'))
   out = fn(logits, jnp.zeros((3, 4)), anchors)
   np.testing.assert_array_equal(out['valid'], [True, True, False, False, False])
@@ -190,8 +190,8 @@ def test_postprocess_softmax_skips_background_and_batches_with_vmap():
   # Anchor 0 is background; anchor 1 is class 2 (logit column 2). Box deltas move anchor 1 out of the image: clipped.
   logits = jnp.array([[9.0, 0.0, 0.0], [0.0, 0.0, 9.0]])
   deltas = jnp.array([[0.0, 0.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]])
-  fn = jax.jit(jax.vmap(lambda l, d: box_ops.postprocess_detections(
-      l, d, anchors, score_threshold=0.5, pre_nms_top_k=10, iou_threshold=0.5, max_detections=3,
+  fn = jax.jit(jax.vmap(lambda logits, d: box_ops.postprocess_detections(
+      logits, d, anchors, score_threshold=0.5, pre_nms_top_k=10, iou_threshold=0.5, max_detections=3,
       weights=(10.0, 10.0, 5.0, 5.0), activation='softmax')))
   out = fn(logits[None], deltas[None])
   np.testing.assert_array_equal(out['valid'], [[True, False, False]])

@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from suite import cache_clear, outputs, runs
+from suite.common import outputs
+from suite.results import runs
+from suite.training import cache_clear
 from tests.conftest import check_log, run_suite
 
 # A one-epoch tiny ResNet on a small generated dataset (8 steps, one eval batch): only the start of a run matters.

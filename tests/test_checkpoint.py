@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from suite import checkpoint, sharding
-from suite.errors import UserError
+from suite.common import sharding
+from suite.common.errors import UserError
+from suite.training import checkpoint
 
 
 def _state(mesh):

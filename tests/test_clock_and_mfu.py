@@ -6,10 +6,9 @@ import json
 import jax
 import jax.numpy as jnp
 
-
-from suite import mfu
-from suite.clock import Clock
-from suite.mlperf_log import MLPerfLog
+from suite.common.mlperf_log import MLPerfLog
+from suite.training import mfu
+from suite.training.clock import Clock
 
 
 def _read_log(path):

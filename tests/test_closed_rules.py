@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from suite import registry
+from suite.common import registry
 from tests.conftest import run_suite
 from tests.test_bad_input import _error_line
 
@@ -67,7 +67,7 @@ def test_every_variant_declares_free_fields_that_exist():
 
 
 def _leaf_keys(config):
-  from suite.config import leaf_keys  # pylint: disable=import-outside-toplevel
+  from suite.common.config import leaf_keys  # pylint: disable=import-outside-toplevel
   return leaf_keys(config)
 
 

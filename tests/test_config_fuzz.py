@@ -7,8 +7,8 @@ import pytest
 from absl import flags
 from hypothesis import strategies as st
 
-from suite import config as config_lib
-from suite.errors import UserError
+from suite.common import config as config_lib
+from suite.common.errors import UserError
 from suite.workloads import resnet, ssd
 
 KEYS = config_lib.leaf_keys(resnet.get_config('tiny'))
@@ -45,5 +45,5 @@ def test_a_known_override_is_applied_with_its_type():
 
 
 def test_group_keys_are_rejected_with_the_members_named():
-  with pytest.raises(UserError, match="'optimizer' is a group: set one of optimizer.decay_epochs"):
+  with pytest.raises(UserError, match=r"'optimizer' is a group: set one of optimizer\.decay_epochs"):
     _parse(resnet.get_config('tiny'), '--config.optimizer=1')

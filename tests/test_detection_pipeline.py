@@ -206,7 +206,7 @@ def test_coco_ground_truth_scores_map_1(eval_source):
   gt = pipeline.coco_ground_truth(eval_source)
   assert len(gt['images']) == 20 and [c['id'] for c in gt['categories']] == [0, 1, 2, 3]
   record = eval_source[0]
-  first = [a for a in gt['annotations'] if a['image_id'] == record['image/id']][0]
+  first = next(a for a in gt['annotations'] if a['image_id'] == record['image/id'])
   ymin, xmin, ymax, xmax = np.asarray(record['objects']['bbox'][0]) * 64
   np.testing.assert_allclose(first['bbox'], [xmin, ymin, xmax - xmin, ymax - ymin], atol=1e-4)
   detections = [{'image_id': a['image_id'], 'category_id': a['category_id'], 'bbox': a['bbox'], 'score': 1.0}
@@ -249,7 +249,7 @@ def write_fake_manual_dir(root: str) -> None:
 
 def test_openimages_conversion_round_trips_boxes(tmp_path):
   manual_dir, data_dir = str(tmp_path / 'manual'), str(tmp_path / 'tfds')
-  with pytest.raises(SystemExit, match='openimages-mlperf.json not found'):
+  with pytest.raises(SystemExit, match=r'openimages-mlperf\.json not found'):
     openimages_mlperf.main([f'--manual_dir={manual_dir}', f'--data_dir={data_dir}'])
   write_fake_manual_dir(manual_dir)
   name = openimages_mlperf.prepare_openimages(manual_dir, data_dir)

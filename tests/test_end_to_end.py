@@ -78,6 +78,6 @@ def test_diverging_run_is_aborted_with_the_reason(tmp_path, data_dir):
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['status'] == 'aborted'
   assert 'divergence' in summary['reason']
-  run_stop = [e for e in _mllog(out / 'result_0.txt') if e['key'] == 'run_stop'][0]
+  run_stop = next(e for e in _mllog(out / 'result_0.txt') if e['key'] == 'run_stop')
   assert run_stop['metadata']['status'] == 'aborted' and 'divergence' in run_stop['metadata']['reason']
   assert os.path.exists(out / 'metrics.jsonl')

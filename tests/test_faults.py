@@ -11,8 +11,9 @@ import pytest
 
 from input_pipelines import checked_source, generated_images
 from input_pipelines import image_classification as pipeline
-from suite import faults, outputs
-from suite.errors import UserError
+from suite.common import outputs
+from suite.common.errors import UserError
+from suite.tools import faults
 from suite.workloads import resnet
 from tests.conftest import check_log, run_suite
 
@@ -235,7 +236,7 @@ def test_metrics_on_a_full_disk_keep_every_whole_line(tmp_path, monkeypatch):
   assert open(path, encoding='utf-8').read() == before  # The half line was rolled back; nothing earlier lost.
 
   full = outputs.MetricsWriter('/dev/full')
-  with pytest.raises(UserError, match='disk full.*/dev/full'):
+  with pytest.raises(UserError, match=r'disk full.*/dev/full'):
     full.write({'kind': 'train'})
   full.close()
 

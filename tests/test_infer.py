@@ -7,8 +7,11 @@ import threading
 import numpy as np
 import pytest
 
-from suite import infer_bench, infer_loadgen, infer_model, registry
-from suite.sut import SUT, BatchPolicy, Sample, take_batch
+from suite.common import registry
+from suite.inference import bench as infer_bench
+from suite.inference import loadgen as infer_loadgen
+from suite.inference import model as infer_model
+from suite.inference.sut import SUT, BatchPolicy, Sample, take_batch
 from tests.conftest import run_suite
 
 # Short, explicit settings: LoadGen's early-stopping minimums still apply (64 SingleStream queries, 662
@@ -48,7 +51,7 @@ def trained(tmp_path_factory, data_dir):
 
 def _infer(trained, data_dir, out, *args):
   return run_suite('--workload=resnet', '--scale=tiny', f'--checkpoint={trained}', f'--data_dir={data_dir}',
-                   f'--output_dir={out}', *args, module='suite.infer', timeout=300)
+                   f'--output_dir={out}', *args, module='suite.inference.run', timeout=300)
 
 
 @pytest.mark.slow
@@ -85,7 +88,7 @@ def test_accuracy_mode_reproduces_the_training_eval(trained, data_dir, tmp_path)
   assert accuracy['closed_bound'] == pytest.approx(0.99 * 0.76456)
 
   standalone = run_suite(f'--log={out / "mlperf_log_accuracy.json"}', '--workload=resnet', '--scale=tiny',
-                         f'--data_dir={data_dir}', module='suite.infer_accuracy', timeout=300)
+                         f'--data_dir={data_dir}', module='suite.inference.accuracy', timeout=300)
   assert standalone.returncode == 0, standalone.stderr[-3000:]
   assert json.loads(standalone.stdout)['accuracy'] == accuracy['accuracy']
 
@@ -93,7 +96,7 @@ def test_accuracy_mode_reproduces_the_training_eval(trained, data_dir, tmp_path)
 def test_bad_input_is_one_error_line(tmp_path):
   for args in (['--scenario=Bogus'], ['--scenario=Offline', f'--checkpoint={tmp_path / "missing"}']):
     result = run_suite('--workload=resnet', '--scale=tiny', f'--output_dir={tmp_path / "out"}', *args,
-                       module='suite.infer', timeout=120)
+                       module='suite.inference.run', timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error:'), result.stderr

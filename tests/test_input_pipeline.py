@@ -11,8 +11,8 @@ from PIL import Image
 
 from input_pipelines import generated_images
 from input_pipelines import image_classification as pipeline
-from suite import registry
-from suite.errors import UserError
+from suite.common import registry
+from suite.common.errors import UserError
 
 SIZES = dict(num_classes=10, image_size=24, num_train=256, num_eval=100)
 

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from suite import optimizers
+from suite.training import optimizers
 from suite.workloads import resnet
 
 ETA, WD, MOMENTUM = 0.001, 5e-4, 0.9
@@ -53,10 +53,11 @@ def _check_against_reference(tx, schedule, num_steps, epsilon=0.0):
   ours = params
   for step in range(num_steps):
     # A different gradient each step (scaled), so momentum mixes distinct updates.
-    step_grads = jax.tree.map(lambda g: g * (1.0 + step), grads)
+    step_grads = jax.tree.map(lambda g, scale=1.0 + step: g * scale, grads)
     updates, state = tx.update(step_grads, state, ours)
     ours = optax.apply_updates(ours, updates)
-    out = jax.tree.map(lambda w, g, m, s: reference_lars_step(w, g, m, float(schedule(step)), skip=s, epsilon=epsilon),
+    lr = float(schedule(step))
+    out = jax.tree.map(lambda w, g, m, s, lr=lr: reference_lars_step(w, g, m, lr, skip=s, epsilon=epsilon),
                        ref_w, step_grads, ref_mom, flat_skip)
     ref_w = jax.tree.map(lambda o: o[0], out, is_leaf=lambda x: isinstance(x, tuple))
     ref_mom = jax.tree.map(lambda o: o[1], out, is_leaf=lambda x: isinstance(x, tuple))

@@ -6,12 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from suite import sharding
-from suite.clock import Clock
-from suite.errors import UserError
-from suite.mlperf_log import MLPerfLog
-from suite.steps import compile_steps
-from suite import registry
+from suite.common import registry, sharding
+from suite.common.errors import UserError
+from suite.common.mlperf_log import MLPerfLog
+from suite.training.clock import Clock
+from suite.training.steps import compile_steps
 from suite.workloads import resnet, ssd
 
 NUM_STEPS = 4

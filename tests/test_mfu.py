@@ -9,11 +9,9 @@ import jax.numpy as jnp
 import pytest
 from absl import logging
 
-from models import flops
-from models import resnet
-from models import retinanet
-from suite import mfu
-from suite import registry
+from models import flops, resnet, retinanet
+from suite.common import registry
+from suite.training import mfu
 
 
 @dataclasses.dataclass

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from models import resnet
-from suite import registry
-from suite.errors import UserError
+from suite.common import registry
+from suite.common.errors import UserError
 
 
 def torchvision_bottleneck_resnet(layers, groups=1, width_per_group=64, num_classes=None):

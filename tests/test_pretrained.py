@@ -23,10 +23,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from models import torchvision_weights
 from models.retinanet import ResNeXtBackbone, RetinaNet
-from models.ssd300 import ResNetBackbone, SSD300
-from suite import config as config_lib
-from suite import optimizers, registry
-from suite.errors import UserError
+from models.ssd300 import SSD300, ResNetBackbone
+from suite.common import config as config_lib
+from suite.common import registry
+from suite.common.errors import UserError
+from suite.training import optimizers
 from tests.conftest import check_log, run_suite
 
 EPS = 1e-5  # torch BatchNorm2d / FrozenBatchNorm2d (torchvision >= 0.8).

@@ -48,7 +48,7 @@ def _violations(hp, rules):
   problems = [f'{key} not logged' for key in rules if key not in hp]
   for key, checks in rules.items():
     for check in checks:
-      if key in hp and not eval(check.strip(), {'math': math, 'is_integer': mlp_compliance.is_integer},  # noqa: S307
+      if key in hp and not eval(check.strip(), {'math': math, 'is_integer': mlp_compliance.is_integer},
                                 {'v': {'value': hp[key]}}):
         problems.append(f'{key}={hp[key]} fails {check.strip()}')
   return problems

@@ -5,14 +5,14 @@ import os
 
 import pytest
 
-from suite import registry
-from suite import runner
-from suite import runs as runs_lib
-from suite import score as score_lib
-from suite import sweep as sweep_lib
-from suite.clock import Clock
-from suite.errors import UserError
-from suite.mlperf_log import KEYS, MLPerfLog
+from suite.common import registry
+from suite.common.errors import UserError
+from suite.common.mlperf_log import KEYS, MLPerfLog
+from suite.results import runs as runs_lib
+from suite.results import score as score_lib
+from suite.results import sweep as sweep_lib
+from suite.training import runner
+from suite.training.clock import Clock
 from tests.conftest import run_suite
 
 
@@ -188,7 +188,7 @@ def write_closed_set(out, runs: list[tuple[float, float, int]]) -> None:
 def _package(runs_dir, out):
   """`python -m suite.package` on the set: the official tools' verdicts and ours, from package_report.json."""
   result = run_suite(f'--runs_dir={runs_dir}', '--org=jaxsuite', '--system=cpu_host', f'--out={out}',
-                     module='suite.package')
+                     module='suite.results.package')
   report = os.path.join(out, 'package_report.json')
   assert os.path.exists(report), result.stdout + result.stderr
   with open(report, encoding='utf-8') as f:

@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from suite import sharding
-from suite.clock import Clock
-from suite.mlperf_log import MLPerfLog
-from suite.runner import evaluate
-from suite.steps import compile_steps
+from suite.common import sharding
+from suite.common.mlperf_log import MLPerfLog
+from suite.training.clock import Clock
+from suite.training.runner import evaluate
+from suite.training.steps import compile_steps
 from suite.workloads import resnet
 
 NUM_STEPS = 6

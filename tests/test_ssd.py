@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from models import box_ops
-from suite import runner, sharding
-from suite.clock import Clock
-from suite.mlperf_log import KEYS, MLPerfLog
-from suite.steps import compile_steps
-from suite import registry
+from suite.common import registry, sharding
+from suite.common.mlperf_log import KEYS, MLPerfLog
+from suite.training import runner
+from suite.training.clock import Clock
+from suite.training.steps import compile_steps
 from suite.workloads import ssd
 from tests.conftest import check_log
 

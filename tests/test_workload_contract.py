@@ -6,9 +6,11 @@ import os
 
 import pytest
 
-from suite import config as config_lib
-from suite import infer, registry, runner
-from suite.errors import UserError
+from suite.common import config as config_lib
+from suite.common import registry
+from suite.common.errors import UserError
+from suite.inference import run as infer
+from suite.training import runner
 
 
 @pytest.fixture

@@ -1,14 +1,14 @@
 """A workload defined outside `suite/`: a linear classifier of Gaussian blobs, to show that the contract alone
 (one module + one registry line) is enough to train, log, score and serve a benchmark."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import ml_collections
 import numpy as np
 import optax
 
-from suite import workload as workload_lib
+from suite.workloads import base as workload_lib
 
 NUM_CLASSES, SIZE = 4, 4
 

@@ -14,10 +14,10 @@ import optax
 
 from input_pipelines import generated_images
 from input_pipelines import image_classification as pipeline
-from models import flops
-from models import resnet
-from suite import optimizers
-from suite import workload as workload_lib
+from models import flops, resnet
+from suite.training import optimizers
+from suite.workloads import base as workload_lib
+
 
 def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
   """The hyperparameters of one scale; any field can be overridden with --config.KEY=VALUE."""

@@ -18,14 +18,11 @@ import optax
 from absl import logging
 
 from input_pipelines import detection as pipeline
-from input_pipelines import generated_detection
-from input_pipelines import image_classification
-from models import box_ops
-from models import flops
-from models import torchvision_weights
-from suite import optimizers
-from suite import workload as workload_lib
-from suite.errors import UserError
+from input_pipelines import generated_detection, image_classification
+from models import box_ops, flops, torchvision_weights
+from suite.common.errors import UserError
+from suite.training import optimizers
+from suite.workloads import base as workload_lib
 
 # Columns of one detection in an inference response: normalised box (ymin, xmin, ymax, xmax), score, class.
 DETECTION_FIELDS = 6

@@ -117,17 +117,17 @@ class RetinaNetWorkload(common.DetectionWorkload):
 def retinanet_loss(anchors_Ax4, config, logits_AxC, deltas_Ax4, boxes_Mx4, classes_M, box_mask_M):
   """torchvision RetinaNet loss for one image: sigmoid focal loss over all non-ignored anchors plus an L1 (or
   smooth L1) box loss over the positives, each divided by max(1, number of positive anchors)."""
-  m, l = config.matching, config.loss
+  m, loss_config = config.matching, config.loss
   matched_A = box_ops.match_anchors(anchors_Ax4, boxes_Mx4, box_mask_M, positive_iou=m.positive_iou,
                                     negative_iou=m.negative_iou, allow_low_quality=m.allow_low_quality)
   positive_A = matched_A >= 0
   counted_A = matched_A != -2  # Anchors between the IoU thresholds count in neither loss.
   gt_index_A = jnp.maximum(matched_A, 0)
   targets_AxC = jax.nn.one_hot(classes_M[gt_index_A], config.num_classes) * positive_A[:, None]
-  focal_AxC = box_ops.sigmoid_focal_loss(logits_AxC, targets_AxC, l.focal_alpha, l.focal_gamma)
+  focal_AxC = box_ops.sigmoid_focal_loss(logits_AxC, targets_AxC, loss_config.focal_alpha, loss_config.focal_gamma)
   num_positive = jnp.maximum(jnp.sum(positive_A), 1)
   cls_loss = jnp.sum(focal_AxC * counted_A[:, None]) / num_positive
   target_deltas_Ax4 = box_ops.encode_boxes(boxes_Mx4[gt_index_A], anchors_Ax4, tuple(config.box_weights))
-  box_Ax4 = box_ops.smooth_l1(deltas_Ax4 - target_deltas_Ax4, l.box_beta)
+  box_Ax4 = box_ops.smooth_l1(deltas_Ax4 - target_deltas_Ax4, loss_config.box_beta)
   box_loss = jnp.sum(box_Ax4 * positive_A[:, None]) / num_positive
   return cls_loss, box_loss

@@ -135,7 +135,7 @@ def reference_tensor_names(params) -> list[str]:
 def ssd300_loss(anchors_Ax4, config, logits_AxC1, deltas_Ax4, boxes_Mx4, classes_M, box_mask_M):
   """MLPerf SSD loss for one image: softmax cross-entropy with 3:1 hard-negative mining plus smooth L1 over
   positives, divided by the number of positives."""
-  m, l = config.matching, config.loss
+  m, loss_config = config.matching, config.loss
   matched_A = box_ops.match_anchors(anchors_Ax4, boxes_Mx4, box_mask_M, positive_iou=m.positive_iou,
                                     negative_iou=m.negative_iou, allow_low_quality=m.allow_low_quality)
   positive_A = matched_A >= 0
@@ -146,9 +146,9 @@ def ssd300_loss(anchors_Ax4, config, logits_AxC1, deltas_Ax4, boxes_Mx4, classes
   # Hard negatives: the negatives with the largest loss, `negatives_ratio` times as many as the positives.
   negative_ce_A = jnp.where(positive_A, -jnp.inf, ce_A)
   rank_A = jnp.argsort(jnp.argsort(-negative_ce_A))
-  hard_negative_A = rank_A < l.negatives_ratio * num_positive
+  hard_negative_A = rank_A < loss_config.negatives_ratio * num_positive
   cls_loss = jnp.sum(ce_A * (positive_A | hard_negative_A))
   target_deltas_Ax4 = box_ops.encode_boxes(boxes_Mx4[gt_index_A], anchors_Ax4, tuple(config.box_weights))
-  box_loss = jnp.sum(box_ops.smooth_l1(deltas_Ax4 - target_deltas_Ax4, l.box_beta) * positive_A[:, None])
+  box_loss = jnp.sum(box_ops.smooth_l1(deltas_Ax4 - target_deltas_Ax4, loss_config.box_beta) * positive_A[:, None])
   normaliser = jnp.maximum(num_positive, 1)
   return cls_loss / normaliser, box_loss / normaliser

@@ -5,7 +5,8 @@ reference (mlcommons/training image_classification/tensorflow2/lars_optimizer.py
 rules name `lars`) scales by eta*|w| / (|g| + wd*|w| + eps), with a trust ratio of 1 where |w| or |g| is 0.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

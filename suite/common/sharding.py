@@ -3,15 +3,16 @@
 import queue
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 # The batch is split over every axis that holds a different slice of the data: data and FSDP parallelism.

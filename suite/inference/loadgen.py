@@ -4,11 +4,11 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 SCENARIOS = ('SingleStream', 'MultiStream', 'Server', 'Offline')
 MODES = {'performance': 'PerformanceOnly', 'accuracy': 'AccuracyOnly'}

@@ -7,9 +7,9 @@ import logging
 import os
 
 from mlperf_logging.mllog import constants
-
-from suite import outputs
 from mlperf_logging.mllog import mllog as mllog_impl
+
+from suite.common import outputs
 
 KEYS = constants
 
@@ -57,7 +57,8 @@ class MLPerfLog:
 # --- Reading logs back: the one home for parsing `:::MLLOG` lines (the result tools all read through here). ---
 
 MLLOG_PREFIX = ':::MLLOG '
-RESUMED = 'resumed'  # The event a run resumed from a checkpoint logs, with the step it resumed from (suite.runner).
+# The event a run resumed from a checkpoint logs, with the step it resumed from (suite.training.runner).
+RESUMED = 'resumed'
 
 
 def read_events(path: str) -> list[dict]:

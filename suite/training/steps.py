@@ -5,7 +5,8 @@ benchmarked is exactly what is timed in a run.
 """
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -13,8 +14,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from suite import sharding
-from suite.workload import TrainState, Workload
+from suite.common import sharding
+from suite.workloads.base import TrainState, Workload
 
 
 def make_init_fn(workload: Workload, tx: optax.GradientTransformation) -> Callable[[jax.Array], TrainState]:

@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator
 
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 RESULT_LOG = 'result_0.txt'
 METRICS = 'metrics.jsonl'

@@ -15,7 +15,7 @@ dividing a host figure by a device count would overstate utilisation by that cou
 import dataclasses
 import re
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -10,9 +10,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from suite import checkpoint, sharding, steps
-from suite.errors import UserError
-from suite.workload import Workload
+from suite.common import sharding
+from suite.common.errors import UserError
+from suite.training import checkpoint, steps
+from suite.workloads.base import Workload
+
 
 def loadgen_model(workload: Workload) -> str:
   """The workload's model name in LoadGen's mlperf.conf; one line when its task has no LoadGen benchmark."""

@@ -9,7 +9,7 @@ import time
 import jax
 from jax import monitoring
 
-from suite.mlperf_log import KEYS, MLPerfLog
+from suite.common.mlperf_log import KEYS, MLPerfLog
 
 _BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 _compiles = 0

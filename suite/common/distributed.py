@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 
 def _cluster_detected() -> bool:

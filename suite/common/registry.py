@@ -6,7 +6,7 @@ Adding a workload is one line here (see BUILD.md, "Adding a workload").
 
 import importlib
 
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 WORKLOADS = {
     'resnet': 'suite.workloads.resnet',

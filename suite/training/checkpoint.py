@@ -6,7 +6,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 CHECKPOINTS = 'checkpoints'
 

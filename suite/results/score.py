@@ -16,12 +16,12 @@ compliance checker; in the closed division that includes not reaching the target
 
 import random
 import statistics
-from typing import Sequence
+from collections.abc import Sequence
 
 from mlperf_logging import benchmark_meta
 
-from suite import registry
-from suite.errors import UserError
+from suite.common import registry
+from suite.common.errors import UserError
 
 
 def num_runs(benchmark: str, variant: str = '') -> int:

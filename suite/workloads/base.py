@@ -9,7 +9,8 @@ Everything here is pure JAX or host-side data; sharding and the clock live in th
 """
 
 import abc
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -17,7 +18,7 @@ import numpy as np
 import optax
 from mlperf_logging import benchmark_meta
 
-from suite.config import leaf_keys
+from suite.common.config import leaf_keys
 
 
 class TrainState(NamedTuple):

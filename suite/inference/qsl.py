@@ -1,10 +1,10 @@
 """LoadGen's query sample library: the workload's preprocessed eval samples, held in memory by index."""
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from suite.workload import Workload
+from suite.workloads.base import Workload
 
 
 def eval_samples(batches: Iterator[dict]) -> Iterator[tuple[int, dict]]:

@@ -9,24 +9,20 @@ import math
 import os
 import signal
 import statistics
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from suite import cache_clear
-from suite import checkpoint
-from suite import distributed
-from suite import mfu as mfu_lib
-from suite import mlperf_log
-from suite import outputs
-from suite import sharding
-from suite.clock import Clock
-from suite.mlperf_log import KEYS, MLPerfLog
-from suite.steps import CompiledSteps, compile_steps
-from suite.workload import TrainState, Workload
+from suite.common import distributed, mlperf_log, outputs, sharding
+from suite.common.mlperf_log import KEYS, MLPerfLog
+from suite.training import cache_clear, checkpoint
+from suite.training import mfu as mfu_lib
+from suite.training.clock import Clock
+from suite.training.steps import CompiledSteps, compile_steps
+from suite.workloads.base import TrainState, Workload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +38,7 @@ class RunOptions:
   overwrite: bool = False
   mesh: str = sharding.DEFAULT_MESH
   dcn_mesh: str = ''
-  save_final_checkpoint: bool = True  # The trained state, for inference (suite.infer --checkpoint=output_dir).
+  save_final_checkpoint: bool = True  # The trained state, for inference (suite.inference.run --checkpoint=output_dir).
   profile_steps: tuple[int, int] | None = None  # Capture a jax.profiler trace of these steps into output_dir.
   checkpoint_every_steps: int = 0
   checkpoint_every_s: float = 0.0
@@ -169,7 +165,8 @@ def skipped_train_records(workload: Workload) -> int:
 
 def log_submission(log: MLPerfLog, workload: Workload, options: RunOptions, platform: str,
                    cache_cleared: bool = False) -> None:
-  """The submission keys; `cache_clear` is whether this run's page cache really was cleared (suite.cache_clear)."""
+  """The submission keys; `cache_clear` is whether this run's page cache really was cleared
+  (suite.training.cache_clear)."""
   log.event(KEYS.SUBMISSION_ORG, options.submission_org)
   log.event(KEYS.SUBMISSION_PLATFORM, platform)
   log.event(KEYS.SUBMISSION_DIVISION, options.division)

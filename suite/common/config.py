@@ -3,7 +3,7 @@
 from absl import flags
 from ml_collections import config_flags
 
-from suite.errors import UserError
+from suite.common.errors import UserError
 
 
 def leaf_keys(config, prefix: str = '') -> list[str]:

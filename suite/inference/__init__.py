@@ -1,0 +1,1 @@
+"""Inference through MLPerf LoadGen: the SUT, the QSL, LoadGen settings, accuracy scoring, its benchmark."""

@@ -1,0 +1,254 @@
+"""Entry point: `python -m suite.infer --workload=resnet --scenario=Offline` runs an MLPerf LoadGen test of a model.
+
+LoadGen generates the traffic and writes its logs; the suite provides the QSL (the eval split, preprocessed as
+training's eval does it) and the SUT (the forward compiled ahead of time for the scenario's batch sizes). The
+workload flags (--workload, --scale, --variant, --config.KEY, --platform, --data_dir, --output_dir) are
+suite.main's. Bad input ends in one `error:` line and exit status 2.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from suite import main as suite_main
+from suite.common.errors import UserError
+from suite.inference import loadgen as infer_loadgen
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum('scenario', None, list(infer_loadgen.SCENARIOS), 'LoadGen scenario.')
+flags.DEFINE_enum('mode', 'performance', list(infer_loadgen.MODES), 'performance: timing and validity; '
+                  'accuracy: every sample once, scored against the closed bound.')
+flags.DEFINE_string('checkpoint', None, 'Output dir of a training run (its checkpoints/ are restored). Default '
+                    'for --scale=tiny: a tiny model trained once into --cache_dir.')
+flags.DEFINE_string('cache_dir', None, 'Where the default tiny model is trained and kept '
+                    '(default: $XDG_CACHE_HOME/mlperf_jax_suite or ~/.cache/mlperf_jax_suite).')
+flags.DEFINE_string('user_conf', None, "LoadGen user.conf layered over the official mlperf.conf (keys use LoadGen's "
+                    "model names: resnet50, retinanet).")
+flags.DEFINE_integer('min_duration_ms', None, 'LoadGen minimum test duration (official: 600000).')
+flags.DEFINE_integer('min_query_count', None, 'LoadGen minimum query count.')
+flags.DEFINE_integer('max_query_count', None, 'LoadGen maximum query count (0: none).')
+flags.DEFINE_float('target_qps', None, 'Server: scheduled queries/s; Offline: expected samples/s '
+                   '(default: calibrated from measured latency).')
+flags.DEFINE_float('expected_latency_ms', None, 'SingleStream/MultiStream expected latency per query '
+                   '(default: calibrated).')
+flags.DEFINE_float('server_target_latency_ms', None, 'Server p99 latency bound (official: 15 for resnet50, '
+                   '100 for retinanet).')
+flags.DEFINE_integer('samples_per_query', None, 'MultiStream samples per query (official: 8).')
+flags.DEFINE_integer('performance_sample_count', None, 'Samples LoadGen keeps loaded (default: mlperf.conf, '
+                     'capped at the eval split).')
+flags.DEFINE_integer('server_batch_size', 16, 'Server: the largest dynamic batch.')
+flags.DEFINE_float('server_batch_timeout_ms', 2.0, 'Server: the longest a queued sample waits for a fuller batch.')
+flags.DEFINE_integer('offline_batch_size', 128, 'Offline: the batch size.')
+
+
+@dataclasses.dataclass(frozen=True)
+class InferOptions:
+  workload: str
+  scenario: str
+  mode: str = 'performance'
+  scale: str = 'full'
+  data_dir: str | None = None
+  output_dir: str = ''
+  checkpoint: str | None = None
+  cache_dir: str | None = None
+  user_conf: str | None = None
+  platform: str | None = None
+  overwrite: bool = False
+  overrides: infer_loadgen.Overrides = dataclasses.field(default_factory=infer_loadgen.Overrides)
+  server_batch_size: int = 16
+  server_batch_timeout_ms: float = 2.0
+  offline_batch_size: int = 128
+
+
+def batch_policy(scenario: str, settings, options: InferOptions):
+  """How the SUT batches: one query's samples in the stream scenarios, large batches Offline, dynamic Server."""
+  from suite.inference.sut import BatchPolicy  # pylint: disable=import-outside-toplevel
+  if scenario == 'SingleStream':
+    return BatchPolicy(1)
+  if scenario == 'MultiStream':
+    return BatchPolicy(settings.multi_stream_samples_per_query)
+  if scenario == 'Server':
+    return BatchPolicy(options.server_batch_size, options.server_batch_timeout_ms / 1e3)
+  return BatchPolicy(options.offline_batch_size)
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+  """Never mixes two tests' LoadGen files; a finished test is replaced only with --overwrite."""
+  summary = os.path.join(output_dir, 'summary.json')
+  if os.path.exists(summary) and not overwrite:
+    raise UserError(f'{output_dir} already holds an inference run: choose a new --output_dir or pass --overwrite')
+  os.makedirs(output_dir, exist_ok=True)
+  for name in ('summary.json', infer_loadgen.SUMMARY_FILE, infer_loadgen.DETAIL_LOG, infer_loadgen.ACCURACY_LOG):
+    if os.path.exists(os.path.join(output_dir, name)):
+      os.remove(os.path.join(output_dir, name))
+
+
+def checkpoint_dir(options: InferOptions) -> str:
+  from suite.inference import model as infer_model  # pylint: disable=import-outside-toplevel
+  if options.checkpoint:
+    return options.checkpoint
+  if options.scale != 'tiny':
+    raise UserError(f'--scale={options.scale} needs --checkpoint=DIR (the --output_dir of a training run)')
+  return infer_model.tiny_checkpoint(options.workload, options.data_dir,
+                                     options.cache_dir or infer_model.default_cache_dir(), options.platform)
+
+
+def build(workload, options: InferOptions, checkpoint: str):
+  """(settings, predictor, sample library, policy, finish, compile info): everything a test needs, with the
+  compiles done before LoadGen starts its clock."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from suite.common import sharding  # pylint: disable=import-outside-toplevel
+  from suite.inference import model as infer_model  # pylint: disable=import-outside-toplevel
+  from suite.inference.qsl import SampleLibrary  # pylint: disable=import-outside-toplevel
+  model = infer_model.loadgen_model(workload)
+  settings = infer_loadgen.build_settings(model, options.scenario, options.mode, options.user_conf,
+                                          options.overrides, workload.num_eval_examples)
+  mesh = sharding.make_mesh()
+  params, model_state = infer_model.restore_weights(workload, mesh, checkpoint)
+  policy = batch_policy(options.scenario, settings, options)
+  sizes = infer_model.batch_sizes_for(options.scenario, settings.multi_stream_samples_per_query, policy.max_batch)
+  predictor = infer_model.compile_predictor(workload, mesh, params, model_state, sizes)
+  library = SampleLibrary.for_workload(workload, settings.performance_sample_count_override)
+  finish = lambda out, n: workload.encode_responses(jax.device_get(out), n)  # noqa: E731
+  return settings, predictor, library, policy, finish
+
+
+def execute(settings, library, predictor, finish, policy, output_dir: str) -> dict:
+  """One LoadGen test of a SUT over `predictor`; the SUT's counts (errors, samples, batches) and wall time."""
+  import mlperf_loadgen as lg  # pylint: disable=import-outside-toplevel
+
+  from suite.inference.sut import SUT  # pylint: disable=import-outside-toplevel
+  sut = SUT(library.gather, predictor, finish, policy)
+  sut_handle, qsl_handle = sut.construct(), library.construct()
+  start = time.perf_counter()
+  try:
+    infer_loadgen.run_test(sut_handle, qsl_handle, settings, output_dir)
+  finally:
+    test_s = time.perf_counter() - start
+    sut.stop()
+    lg.DestroyQSL(qsl_handle)
+    lg.DestroySUT(sut_handle)
+  return {'errors': sut.errors, 'error_messages': sut.error_messages, 'samples_answered': sut.samples,
+          'batches': sut.batches, 'test_s': test_s}
+
+
+def run(workload, options: InferOptions) -> dict:
+  """One LoadGen test; returns the summary it also writes to summary.json."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from suite.common import outputs  # pylint: disable=import-outside-toplevel
+  from suite.inference import accuracy as infer_accuracy  # pylint: disable=import-outside-toplevel
+  from suite.inference import model as infer_model  # pylint: disable=import-outside-toplevel
+  infer_model.loadgen_model(workload)  # A variant without a LoadGen benchmark fails before any work.
+  workload.open_data(options.data_dir)
+  checkpoint = checkpoint_dir(options)
+  settings, predictor, library, policy, finish = build(workload, options, checkpoint)
+  prepare_output_dir(options.output_dir, options.overwrite)
+
+  image_shape = workload.batch_shapes(1, train=False)['image'].shape[1:]
+  make_batch = lambda b: np.zeros((b, *image_shape), np.float32)  # noqa: E731
+  run_batch = lambda images: finish(predictor(images), images.shape[0])  # noqa: E731
+  measured = {}
+  if options.mode == 'performance':
+    keep = infer_loadgen.user_conf_keys(options.user_conf, infer_model.loadgen_model(workload),
+                                        options.scenario)
+    measured = infer_loadgen.calibrate(
+        settings, options.scenario, lambda b: infer_loadgen.measure_latency(run_batch, make_batch, b),
+        policy.max_batch, keep, options.overrides)
+
+  stats = execute(settings, library, predictor, finish, policy, options.output_dir)
+  result = infer_loadgen.read_result(options.output_dir, options.scenario)
+  # Any failed sample, LoadGen error or LoadGen INVALID makes the run INVALID, whatever LoadGen's own verdict.
+  invalid = infer_loadgen.judge(result, options.mode, stats['errors'], stats['error_messages'])
+  accuracy = None
+  if options.mode == 'accuracy':
+    log = infer_accuracy.read_accuracy_log(os.path.join(options.output_dir, infer_loadgen.ACCURACY_LOG))
+    accuracy = infer_accuracy.score(workload, log)
+  summary = {
+      'workload': options.workload, 'model': infer_model.loadgen_model(workload), 'scale': options.scale,
+      'scenario': options.scenario, 'mode': options.mode,
+      'result': 'INVALID' if invalid else 'VALID', 'valid': not invalid, 'reason': '; '.join(invalid) or None,
+      'loadgen_result': result['result'],
+      'headline': result.get('headline'), 'headline_value': result.get(result.get('headline')),
+      'accuracy': accuracy, **stats, 'batch_sizes': sorted(predictor.executables),
+      'policy': dataclasses.asdict(policy), 'compile_s': predictor.compile_s,
+      'calibration': measured,
+      'settings': {'min_duration_ms': settings.min_duration_ms, 'min_query_count': settings.min_query_count,
+                   'server_target_qps': settings.server_target_qps,
+                   'server_target_latency_ms': settings.server_target_latency_ns / 1e6,
+                   'offline_expected_qps': settings.offline_expected_qps,
+                   'single_stream_expected_latency_ms': settings.single_stream_expected_latency_ns / 1e6,
+                   'multi_stream_expected_latency_ms': settings.multi_stream_expected_latency_ns / 1e6,
+                   'multi_stream_samples_per_query': settings.multi_stream_samples_per_query,
+                   'performance_sample_count': settings.performance_sample_count_override},
+      'checkpoint': os.path.abspath(checkpoint), 'user_conf': options.user_conf,
+      'device_kind': jax.devices()[0].device_kind, 'num_devices': jax.device_count(),
+      'output_dir': os.path.abspath(options.output_dir),
+  }
+  outputs.write_json(os.path.join(options.output_dir, 'summary.json'), summary)
+  return summary
+
+
+def human_line(s: dict) -> str:
+  if s['mode'] == 'accuracy':
+    a = s['accuracy']
+    verdict = 'meets' if a['meets_closed_bound'] else 'below'
+    figure = (f"{a['metric']} {a['accuracy']:.4f} over {a['samples_scored']}/{a['eval_samples']} samples, "
+              f"{verdict} the closed bound {a['closed_bound']:.4f}")
+  else:
+    value = s['headline_value']
+    figure = f"{s['result']}, {s['headline']} {'n/a' if value is None else f'{value:.4g}'}"
+  if not s['valid']:
+    figure = f"{figure}; INVALID: {s['reason']}" if s['mode'] == 'accuracy' else f"{figure} ({s['reason']})"
+  return (f"{s['model']} ({s['scale']}) {s['scenario']} {s['mode']}: {figure}; errors {s['errors']}; "
+          f"files in {s['output_dir']}")
+
+
+def options_from_flags() -> InferOptions:
+  if not FLAGS.scenario:
+    raise UserError(f"pass --scenario: one of {', '.join(infer_loadgen.SCENARIOS)}")
+  output_dir = FLAGS.output_dir or os.path.join(
+      'runs', f'infer-{FLAGS.workload}-{FLAGS.scale}-{FLAGS.scenario}-{FLAGS.mode}-{time.strftime("%Y%m%d-%H%M%S")}')
+  overrides = infer_loadgen.Overrides(
+      min_duration_ms=FLAGS.min_duration_ms, min_query_count=FLAGS.min_query_count,
+      max_query_count=FLAGS.max_query_count, target_qps=FLAGS.target_qps,
+      expected_latency_ms=FLAGS.expected_latency_ms, server_target_latency_ms=FLAGS.server_target_latency_ms,
+      samples_per_query=FLAGS.samples_per_query, performance_sample_count=FLAGS.performance_sample_count)
+  return InferOptions(
+      workload=FLAGS.workload, scenario=FLAGS.scenario, mode=FLAGS.mode, scale=FLAGS.scale,
+      data_dir=FLAGS.data_dir, output_dir=output_dir, checkpoint=FLAGS.checkpoint, cache_dir=FLAGS.cache_dir,
+      user_conf=FLAGS.user_conf, platform=FLAGS.platform, overwrite=FLAGS.overwrite, overrides=overrides,
+      server_batch_size=FLAGS.server_batch_size, server_batch_timeout_ms=FLAGS.server_batch_timeout_ms,
+      offline_batch_size=FLAGS.offline_batch_size)
+
+
+def main(argv) -> int:
+  del argv
+  from suite.common import registry  # pylint: disable=import-outside-toplevel
+  try:
+    options = options_from_flags()
+    if options.checkpoint and not os.path.isdir(options.checkpoint):
+      raise UserError(f'--checkpoint={options.checkpoint} does not exist: pass the --output_dir of a training run')
+    suite_main.select_platform(options.platform)
+    # LoadGen's threads, the batcher and the completer hand the GIL to each other per query: the default 5 ms
+    # switch interval would add up to that much to every latency.
+    sys.setswitchinterval(1e-4)
+    summary = run(registry.make_workload(options.workload, FLAGS.config, options.scale), options)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(human_line(summary), flush=True)
+  print(json.dumps({k: summary[k] for k in ('scenario', 'mode', 'result', 'headline', 'headline_value',
+                                            'errors', 'reason')}), flush=True)
+  return 0 if summary['valid'] else 1
+
+
+def cli() -> None:
+  """The `python -m suite.infer` command."""
+  app.run(main, flags_parser=suite_main.parse_flags)

@@ -1,0 +1,1 @@
+"""What is done with finished runs: the N-run score, submission packages, reports, sweeps."""

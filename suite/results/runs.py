@@ -1,0 +1,285 @@
+"""A set of N runs of one workload (`python -m suite.runs`), scored the MLPerf way into DIR/score.json.
+
+Each run is `python -m suite.main` in its own subprocess (a fresh process: no compile cache or RNG state shared
+between runs, as separate MLPerf runs would be) writing DIR/run_<k>, with its own seed. Flags this module does
+not know (`--data_dir`, `--config.KEY=VALUE`, `--division`, ...) are passed to every run unchanged; a `--`
+before them is allowed. Exit status: 0 when the set has a score, 1 when it has none, 2 for bad input (a run that
+exits 2 stops the set, with its `error:` line).
+
+Times come from each run's MLPerf log, first `run_start` to last `run_stop`: a run resumed from a checkpoint is
+timed on the wall clock, the time it was down included (the rules do not let the clock pause), and is marked
+(`resumed_from_step`, `resumed_runs`). `--rescore` rewrites score.json from the run folders, e.g. after resuming
+one of the set's runs by hand.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from suite.common import mlperf_log, outputs
+from suite.common.errors import UserError
+from suite.results import score as score_lib
+
+SCORE_FILE = 'score.json'
+_POLL_S = 0.5
+
+
+class BadInput(Exception):
+  """A run refused its input (exit status 2): every other run would too."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One run of a set: where it goes and with which seed."""
+  index: int
+  seed: int
+  output_dir: str
+
+
+def make_seeds(num_runs: int, base_seed: int | None) -> list[int]:
+  """Distinct seeds: base_seed, base_seed+1, ... (reproducible), or distinct random ones when base_seed is None."""
+  if base_seed is not None:
+    return [(base_seed + k) % 2**31 for k in range(num_runs)]
+  return random.SystemRandom().sample(range(2**31), num_runs)  # Without replacement: never a repeat.
+
+
+def plan(output_dir: str, num_runs: int, base_seed: int | None) -> list[RunSpec]:
+  return [RunSpec(k, seed, os.path.join(output_dir, f'run_{k}'))
+          for k, seed in enumerate(make_seeds(num_runs, base_seed))]
+
+
+def main_command(workload: str, scale: str, spec: RunSpec, extra_args: list[str]) -> list[str]:
+  return [sys.executable, '-m', 'suite.main', f'--workload={workload}', f'--scale={scale}', f'--seed={spec.seed}',
+          f'--output_dir={spec.output_dir}', *extra_args]
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Records written so far; a half-written last line (the run is still writing) is skipped."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass
+  return records
+
+
+def eval_metric_name(record: dict) -> str | None:
+  """The metric of an eval record: its one key besides the bookkeeping ones (e.g. top1, mAP)."""
+  names = [k for k in record if k not in ('kind', 'epoch', 'step', 'elapsed_s')]
+  return names[0] if names else None
+
+
+def progress_line(spec: RunSpec, num_runs: int, records: list[dict], elapsed_s: float, width: int = 20) -> str:
+  """`run 2/5 [#####.....] epoch 1.50  top1 0.4805  12 s` from the run's metrics.jsonl so far."""
+  done = spec.index / num_runs
+  bar = '#' * round(done * width) + '.' * (width - round(done * width))
+  epoch = max((r.get('epoch', 0) for r in records), default=0)
+  evals = [r for r in records if r.get('kind') == 'eval']
+  metric = ''
+  if evals:
+    name = eval_metric_name(evals[-1])
+    metric = f'  {name} {evals[-1][name]:.4f}' if name else ''
+  return f'run {spec.index + 1}/{num_runs} [{bar}] seed {spec.seed}  epoch {epoch:.2f}{metric}  {elapsed_s:.0f} s'
+
+
+def _error_line(stderr_path: str) -> str:
+  with open(stderr_path, encoding='utf-8', errors='replace') as f:
+    lines = f.read().splitlines()
+  errors = [line for line in lines if line.startswith('error:')]
+  return errors[-1] if errors else (lines[-1] if lines else 'no output')
+
+
+def _show(line: str, stream, last: dict) -> None:
+  """A terminal gets one line redrawn in place; a log file gets a line only when the epoch or metric changed."""
+  if stream.isatty():
+    stream.write('\r' + line[:160].ljust(100))
+    stream.flush()
+    return
+  key = line.rsplit('  ', 1)[0]  # Without the ticking seconds.
+  if key != last.get('key'):
+    stream.write(line + '\n')
+    stream.flush()
+    last['key'] = key
+
+
+def execute(workload: str, scale: str, spec: RunSpec, num_runs: int, extra_args: list[str],
+            stream=sys.stderr) -> dict:
+  """Runs one suite.main subprocess, showing progress; returns its per-run record for score.json."""
+  os.makedirs(spec.output_dir, exist_ok=True)
+  command = main_command(workload, scale, spec, extra_args)
+  stdout_path, stderr_path = (os.path.join(spec.output_dir, n) for n in ('stdout.log', 'stderr.log'))
+  start = time.monotonic()
+  last: dict = {}
+  with open(stdout_path, 'w', encoding='utf-8') as out, open(stderr_path, 'w', encoding='utf-8') as err:
+    process = subprocess.Popen(command, stdout=out, stderr=err)
+    while process.poll() is None:
+      records = read_jsonl(os.path.join(spec.output_dir, outputs.METRICS))
+      _show(progress_line(spec, num_runs, records, time.monotonic() - start), stream, last)
+      time.sleep(_POLL_S)
+  if stream.isatty():
+    stream.write('\n')
+  if process.returncode == 2:
+    raise BadInput(_error_line(stderr_path))
+  return run_record(spec, process.returncode, stderr_path, command)
+
+
+def run_record(spec: RunSpec, returncode: int, stderr_path: str, command: list[str]) -> dict:
+  """What score.json keeps of a run: its summary.json fields, or 'crashed' when it left no summary. The time is the
+  log's, first run_start to last run_stop (mlperf_log.run_span); summary.json's time_to_train_s, which leaves out
+  the time a resumed run was down, is kept beside it as `summary_time_to_train_s` and never scored."""
+  summary_path = os.path.join(spec.output_dir, outputs.SUMMARY)
+  span = mlperf_log.run_span(os.path.join(spec.output_dir, outputs.RESULT_LOG))
+  record = {'run': spec.index, 'seed': spec.seed, 'dir': spec.output_dir, 'returncode': returncode,
+            'command': command[1:]}
+  if not os.path.exists(summary_path):  # An uncaught exception also exits 1: the summary tells them apart.
+    return {**record, 'status': 'crashed', 'reason': _error_line(stderr_path), 'time_to_train_s': None,
+            'epochs': None, 'final_metric': None, 'resumed_from_step': None}
+  with open(summary_path, encoding='utf-8') as f:
+    summary = json.load(f)
+  keep = ('status', 'reason', 'epochs', 'final_metric', 'target_metric', 'target',
+          'samples_per_s', 'train_steps', 'division', 'workload', 'scale', 'device_kind', 'num_devices')
+  resumed_from = span.resumed_from_steps[-1] if span.resumed else summary.get('resumed_from_step')
+  return {**record, **{k: summary.get(k) for k in keep}, 'time_to_train_s': span.time_to_train_s,
+          'summary_time_to_train_s': summary.get('time_to_train_s'), 'resumed_from_step': resumed_from}
+
+
+def summarize(runs: list[dict], benchmark: str, confidence: float = 0.95) -> dict:
+  """The set's score (olympic average of the converged times) and its spread, in seconds and minutes."""
+  finished = [r for r in runs if r['time_to_train_s'] is not None]
+  times = [r['time_to_train_s'] for r in finished]
+  converged = [r['status'] == 'success' for r in finished]
+  crashed = len(runs) - len(finished)  # No time at all: counts as not converged, like a log the checker rejects.
+  times_all, converged_all = times + [0.0] * crashed, converged + [False] * crashed
+  score = score_lib.mlperf_score(times_all, converged_all, benchmark)
+  interval = score_lib.bootstrap_interval(times_all, converged_all, confidence, benchmark=benchmark)
+  success_times = [t for t, ok in zip(times, converged) if ok]
+  return {
+      'score_s': score, 'score_min': None if score is None else score / 60,
+      'num_runs': len(runs), 'converged_runs': sum(converged),
+      'converged_stats_s': score_lib.describe(success_times),
+      f'bootstrap_{round(confidence * 100)}_s': list(interval) if interval else None,
+      'epochs_to_target': [r['epochs'] if r['status'] == 'success' else None for r in runs],
+      'seeds': [r['seed'] for r in runs],
+      # Timed on the wall clock like the rest, downtime included; not valid closed-division results.
+      'resumed_runs': [i for i, r in enumerate(runs) if r.get('resumed_from_step') is not None],
+  }
+
+
+def run_set(workload: str, scale: str, num_runs: int | None, output_dir: str, base_seed: int | None = None,
+            extra_args: list[str] | None = None, stream=sys.stderr,
+            on_run: Callable[[dict], None] | None = None) -> dict:
+  """Runs the set one run after another, writes DIR/score.json and returns it. Raises BadInput on exit 2."""
+  extra_args = list(extra_args or [])
+  num_runs = num_runs or score_lib.num_runs(workload, _flag_value(extra_args, 'variant'))
+  specs = plan(output_dir, num_runs, base_seed)
+  runs = []
+  for spec in specs:
+    runs.append(execute(workload, scale, spec, num_runs, extra_args, stream))
+    r = runs[-1]
+    stream.write(f'run {spec.index + 1}/{num_runs}: {r["status"]}, time to train '
+                 f'{r["time_to_train_s"] or 0:.1f} s, {r.get("target_metric") or "metric"} {r["final_metric"]}\n')
+    if on_run:
+      on_run(r)
+  result = {'workload': workload, 'scale': scale, 'output_dir': os.path.abspath(output_dir),
+            'base_seed': base_seed, 'extra_args': extra_args, **summarize(runs, workload), 'runs': runs}
+  write_json(os.path.join(output_dir, SCORE_FILE), result)
+  return result
+
+
+def _flag_value(args: list[str], name: str) -> str:
+  """The value of --NAME=V or --NAME V among pass-through flags ('' when absent; the last one wins, as in absl)."""
+  value = ''
+  for i, arg in enumerate(args):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(args):
+      value = args[i + 1]
+  return value
+
+
+def rescore(output_dir: str) -> dict:
+  """Rewrites DIR/score.json from its run folders as they are now (e.g. after one was resumed by hand)."""
+  path = os.path.join(output_dir, SCORE_FILE)
+  if not os.path.exists(path):
+    raise UserError(f'{path} not found: --rescore reads a folder written by suite.results.runs')
+  with open(path, encoding='utf-8') as f:
+    previous = json.load(f)
+  runs = []
+  for old in previous['runs']:
+    spec = RunSpec(old['run'], old['seed'], os.path.join(output_dir, f"run_{old['run']}"))
+    runs.append(run_record(spec, old['returncode'], os.path.join(spec.output_dir, 'stderr.log'),
+                           [sys.executable, *old['command']]))
+  result = {**{k: previous.get(k) for k in ('workload', 'scale', 'base_seed', 'extra_args')},
+            'output_dir': os.path.abspath(output_dir), **summarize(runs, previous['workload']), 'runs': runs}
+  write_json(path, result)
+  return result
+
+
+def write_json(path: str, data: dict) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(data, f, indent=2)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+  parser = argparse.ArgumentParser(prog='python -m suite.runs', description=__doc__.splitlines()[0])
+  parser.add_argument('--workload', default='resnet')
+  parser.add_argument('--scale', default='full', choices=['full', 'tiny'])
+  parser.add_argument('--num_runs', type=int, default=None,
+                      help='runs in the set (default: the benchmark\'s count in an MLPerf package, e.g. resnet 5)')
+  parser.add_argument('--output_dir', required=True, help='the set goes here: run_<k>/ and score.json')
+  parser.add_argument('--base_seed', type=int, default=None,
+                      help='seeds base_seed, base_seed+1, ... (default: distinct random seeds)')
+  parser.add_argument('--rescore', action='store_true',
+                      help='run nothing: rewrite --output_dir/score.json from its run folders (e.g. after --resume)')
+  args, extra = parser.parse_known_args(argv)
+  if args.num_runs is not None and args.num_runs < 1:
+    parser.error('--num_runs must be at least 1')
+  reserved = [a for a in extra if a.split('=')[0] in ('--seed', '--output_dir')]
+  if reserved:
+    parser.error(f'{", ".join(reserved)}: set per run by suite.results.runs (use --base_seed and --output_dir)')
+  return args, [a for a in extra if a != '--']
+
+
+def format_result(result: dict) -> str:
+  interval = result.get('bootstrap_95_s')
+  spread = f' (95% bootstrap {interval[0]:.1f}-{interval[1]:.1f} s)' if interval else ''
+  score = 'no score' if result['score_s'] is None else f"score {result['score_s']:.1f} s{spread}"
+  resumed = result.get('resumed_runs')
+  marked = (f'; run(s) {resumed} resumed from a checkpoint: timed on the wall clock, downtime included, and not '
+            'valid closed results' if resumed else '')
+  return (f"{result['workload']} ({result['scale']}): {score}; {result['converged_runs']}/{result['num_runs']} runs "
+          f"reached the target; epochs to target {result['epochs_to_target']}{marked}; "
+          f"{os.path.join(result['output_dir'], SCORE_FILE)}")
+
+
+def main(argv: list[str]) -> int:
+  args, extra = parse_args(argv)
+  try:
+    if args.rescore:
+      result = rescore(args.output_dir)
+    else:
+      result = run_set(args.workload, args.scale, args.num_runs, args.output_dir, args.base_seed, extra)
+  except (BadInput, UserError) as e:
+    print(e if str(e).startswith('error:') else f'error: {e}', file=sys.stderr)
+    return 2
+  print(json.dumps({k: v for k, v in result.items() if k != 'runs'}, indent=2))
+  print(format_result(result))
+  return 0 if result['score_s'] is not None else 1
+
+
+def cli() -> None:
+  """The `python -m suite.runs` command."""
+  sys.exit(main(sys.argv[1:]))

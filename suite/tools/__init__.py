@@ -1,0 +1,1 @@
+"""Developer tools: the overhead/scaling benchmark and the fault-injection drill."""

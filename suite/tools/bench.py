@@ -1,0 +1,151 @@
+"""Benchmarks that print figures (JSON), never timed unit tests.
+
+`python -m suite.bench overhead --workload=resnet --scale=tiny`: the suite's training loop (device prefetch,
+one-step-late metrics, divergence check, interval logging) against a bare `jax.jit` loop over the same step
+and the same host batches, interleaved in one process. Goal: ratio <= 1.05.
+
+`python -m suite.bench scaling --workload=resnet --scale=tiny`: step time on 1, 2, 4, 8 CPU devices for the same
+global batch, and 2 processes x 4 devices vs 1 x 8.
+"""
+
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+from absl import app, flags
+
+from launch import local
+from suite.common import outputs, registry, sharding
+from suite.common.errors import UserError
+from suite.common.mlperf_log import MLPerfLog
+from suite.training import runner
+from suite.training.clock import Clock
+from suite.training.steps import compile_steps, make_train_step
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workload', 'resnet', 'Workload to measure.')
+flags.DEFINE_enum('scale', 'tiny', ['full', 'tiny'], 'Workload scale.')
+flags.DEFINE_string('data_dir', None, 'TFDS data folder.')
+flags.DEFINE_integer('steps', 40, 'Steps per timed repetition.')
+flags.DEFINE_integer('repeats', 3, 'Interleaved repetitions of each loop; the median is reported.')
+flags.DEFINE_integer('host_batches', 8, 'Distinct host batches cycled through by both loops.')
+
+
+def _suite_loop(compiled, state, host_batches, num_steps, monitor):
+  batches = sharding.prefetch_to_devices(itertools.cycle(host_batches), compiled.train_batch_sharding)
+  start = time.perf_counter()
+  state = runner.train_steps(compiled.train, state, batches, num_steps, 0, monitor)
+  jax.block_until_ready(state)
+  elapsed = time.perf_counter() - start
+  batches.close()
+  return state, elapsed / num_steps
+
+
+def _raw_loop(step, batch_sharding, state, host_batches, num_steps):
+  batches = itertools.cycle(host_batches)
+  start = time.perf_counter()
+  for _ in range(num_steps):
+    state, _ = step(state, jax.device_put(next(batches), batch_sharding))
+  jax.block_until_ready(state)
+  return state, (time.perf_counter() - start) / num_steps
+
+
+def overhead(workload_name: str, scale: str, data_dir: str | None, num_steps: int, repeats: int,
+             num_host_batches: int) -> dict:
+  workload = registry.make_workload(workload_name, registry.get_config(workload_name, scale), scale)
+  workload.open_data(data_dir)
+  mesh = sharding.make_mesh()
+  schedule = workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size)
+  tx = workload.optimizer(schedule)
+  clock = Clock(MLPerfLog(None, enabled=False))
+  compiled = compile_steps(workload, mesh, tx, schedule, clock.now)
+  state = compiled.init(jax.random.PRNGKey(0))
+  host_batches = list(itertools.islice(workload.train_batches(0, 0, 1), num_host_batches))
+  steps_per_epoch = max(workload.num_train_examples // workload.global_batch_size, 1)
+  monitor = runner.TrainMonitor(clock, outputs.MetricsWriter(None), workload.config.log_every_steps,
+                                steps_per_epoch, workload.global_batch_size)
+  replicated = sharding.replicated(mesh)
+  raw_step = jax.jit(make_train_step(workload, tx, schedule), in_shardings=(replicated, compiled.train_batch_sharding),
+                     out_shardings=(replicated, replicated), donate_argnums=0)
+  # Warm both paths (the bare jit compiles on first call) before timing anything.
+  state, _ = _suite_loop(compiled, state, host_batches, 2, monitor)
+  state, _ = _raw_loop(raw_step, compiled.train_batch_sharding, state, host_batches, 2)
+  suite_times, raw_times = [], []
+  for _ in range(repeats):
+    monitor.start_interval(0)
+    state, t = _suite_loop(compiled, state, host_batches, num_steps, monitor)
+    suite_times.append(t)
+    state, t = _raw_loop(raw_step, compiled.train_batch_sharding, state, host_batches, num_steps)
+    raw_times.append(t)
+  suite_s, raw_s = statistics.median(suite_times), statistics.median(raw_times)
+  return {'benchmark': 'overhead', 'workload': workload_name, 'scale': scale, 'steps': num_steps,
+          'repeats': repeats, 'devices': len(jax.devices()), 'suite_step_s': suite_s, 'raw_step_s': raw_s,
+          'ratio': suite_s / raw_s, 'suite_step_s_all': suite_times, 'raw_step_s_all': raw_times}
+
+
+def _summary_of(cmd: list[str], env: dict, output_dir: str) -> dict:
+  subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+  path = os.path.join(output_dir, 'summary.json')
+  if not os.path.exists(path):
+    raise UserError(f'scaling run failed: {" ".join(cmd)}')
+  with open(path) as f:
+    return json.load(f)
+
+
+def scaling(workload_name: str, scale: str, data_dir: str | None, device_counts=(1, 2, 4, 8)) -> dict:
+  """Step time for 1..8 (fake CPU) devices at the same global batch, and 2 processes x 4 vs 1 x 8.
+
+  Each configuration is a real `suite.main` run of one epoch in its own process (XLA fixes the device count at
+  start-up). On one CPU the devices share the same cores: these figures track regressions, not speed-ups.
+  """
+  workdir = tempfile.mkdtemp(prefix='scaling-')
+  base = ['--workload=' + workload_name, '--scale=' + scale, '--seed=0', '--config.max_epochs=1']
+  if data_dir:
+    base.append('--data_dir=' + data_dir)
+  step_s = {}
+  for n in device_counts:
+    out = os.path.join(workdir, f'devices_{n}')
+    env = local.process_env(n)
+    step_s[n] = _summary_of([sys.executable, '-m', 'suite.main', *base, '--output_dir=' + out], env, out)['step_time_s']
+  out = os.path.join(workdir, 'processes_2x4')
+  two = _summary_of([sys.executable, '-m', 'launch.local', '--num_processes=2', '--devices_per_process=4', '--',
+                     *base, '--output_dir=' + out], dict(os.environ), out)['step_time_s']
+  one = step_s.get(8)
+  return {'benchmark': 'scaling', 'workload': workload_name, 'scale': scale,
+          'note': 'fake CPU devices share 2 cores: for regressions only, not a speed-up measure',
+          'step_time_s_by_devices': step_s,
+          'ratio_to_1_device': {n: t / step_s[device_counts[0]] for n, t in step_s.items()},
+          'two_processes_x4_step_s': two, 'one_process_x8_step_s': one,
+          'two_vs_one_process_ratio': two / one if one else None}
+
+
+BENCHMARKS = ('overhead', 'scaling')
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in BENCHMARKS:
+    print(f'usage: python -m suite.bench {{{"|".join(BENCHMARKS)}}} [--workload=...] [--scale=...]',
+          file=sys.stderr)
+    return 2
+  try:
+    if argv[1] == 'scaling':
+      result = scaling(FLAGS.workload, FLAGS.scale, FLAGS.data_dir)
+    else:
+      result = overhead(FLAGS.workload, FLAGS.scale, FLAGS.data_dir, FLAGS.steps, FLAGS.repeats,
+                        FLAGS.host_batches)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(json.dumps(result, indent=2))
+  return 0
+
+
+def cli() -> None:
+  """The `python -m suite.bench` command."""
+  app.run(main)
