@@ -9,8 +9,9 @@ import numpy as np
 from PIL import Image
 
 # Shared with the classification pipeline: the same normalisation, the same draft-mode crop-and-resize, the same
-# batch-size check.
-from input_pipelines.image_classification import crop_resize, global_eval_stream, global_train_stream, normalize
+# global batch streams.
+from input_pipelines.image_ops import crop_resize, normalize
+from input_pipelines.streams import global_eval_stream, global_train_stream
 from suite.common.errors import UserError
 
 AUGMENTATIONS = ('flip', 'ssd_crop')

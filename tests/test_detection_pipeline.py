@@ -13,7 +13,8 @@ from PIL import Image
 
 from input_pipelines import detection as pipeline
 from input_pipelines import generated_detection, openimages_mlperf
-from input_pipelines.image_classification import IMAGENET_MEAN, IMAGENET_STD, open_split
+from input_pipelines.image_ops import IMAGENET_MEAN, IMAGENET_STD
+from input_pipelines.sources import open_split
 
 SIZES = dict(num_classes=4, image_size=64, num_train=96, num_eval=20)
 COCO_OBJECT_FEATURES = {'area', 'bbox', 'id', 'is_crowd', 'label'}

@@ -9,8 +9,7 @@ import signal
 
 import pytest
 
-from input_pipelines import checked_source, generated_images
-from input_pipelines import image_classification as pipeline
+from input_pipelines import checked_source, generated_images, sources
 from suite.common import outputs
 from suite.common.errors import UserError
 from suite.tools import faults
@@ -50,7 +49,7 @@ def _copy(dataset, tmp_path):
 
 def test_unreadable_record_names_its_file_and_can_be_skipped(dataset, tmp_path):
   name, data_dir, path = _copy(dataset, tmp_path)
-  image = pipeline.open_split(name, 'train', data_dir)[100]['image']
+  image = sources.open_split(name, 'train', data_dir)[100]['image']
   with open(path, 'rb') as f:
     data = bytearray(f.read())
   middle = data.find(image) + len(image) // 2
@@ -58,7 +57,7 @@ def test_unreadable_record_names_its_file_and_can_be_skipped(dataset, tmp_path):
   with open(path, 'wb') as f:
     f.write(data)
 
-  source = pipeline.open_split(name, 'train[10:]', data_dir)  # A sliced split: index 90 is record 100 of the file.
+  source = sources.open_split(name, 'train[10:]', data_dir)  # A sliced split: index 90 is record 100 of the file.
   assert source[89]['label'] is not None
   with pytest.raises(checked_source.CorruptRecordError) as raised:
     source[90]
@@ -67,7 +66,7 @@ def test_unreadable_record_names_its_file_and_can_be_skipped(dataset, tmp_path):
   assert path in message and 'cannot be read' in message and 'skip_bad_records' in message
   assert '\n' not in message and isinstance(raised.value, UserError)
 
-  skipping = pipeline.open_split(name, 'train[10:]', data_dir, skip_bad_records=True)
+  skipping = sources.open_split(name, 'train[10:]', data_dir, skip_bad_records=True)
   assert skipping[90]['file_name'] == source[91]['file_name']  # The next good record stands in.
   skipping[90]
   assert skipping.num_bad_records == 1
@@ -131,7 +130,7 @@ def test_eval_records_are_never_skipped_by_the_workload(small_dataset, tmp_path)
   config.skip_bad_records = True
   workload = resnet.ResNetWorkload(config, 'tiny')
   workload.open_data(copy)
-  plain = pipeline.open_split(name, 'train', copy)
+  plain = sources.open_split(name, 'train', copy)
   assert workload._train_source[7]['file_name'] == plain[8]['file_name']  # The next good record stands in.
   assert workload.skipped_train_records() == [7]
   with pytest.raises(checked_source.CorruptRecordError) as raised:
@@ -140,7 +139,7 @@ def test_eval_records_are_never_skipped_by_the_workload(small_dataset, tmp_path)
   assert f'record 7 of {name}/validation' in message and 'never skipped' in message
   assert 'skip_bad_records=True' not in message  # No hint at a setting that cannot help.
   with pytest.raises(ValueError, match='never skipped'):
-    pipeline.open_split(name, 'validation', copy, skip_bad_records=True, is_eval=True)
+    sources.open_split(name, 'validation', copy, skip_bad_records=True, is_eval=True)
 
 
 @pytest.mark.slow

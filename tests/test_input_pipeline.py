@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from input_pipelines import generated_images
+from input_pipelines import generated_images, image_ops, sources, streams
 from input_pipelines import image_classification as pipeline
 from suite.common import registry
 from suite.common.errors import UserError
@@ -26,7 +26,7 @@ def generated(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def train_source(generated):
-  return pipeline.open_split(generated[1], 'train', generated[0])
+  return sources.open_split(generated[1], 'train', generated[0])
 
 
 class IndexAsLabel:
@@ -114,10 +114,10 @@ def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     generated_images.ensure_generated_images(str(tmp_path), **SIZES)
   with pytest.raises(UserError):
-    pipeline.open_split('generated_images/c10_s24_n256_e100', 'train', str(tmp_path))
+    sources.open_split('generated_images/c10_s24_n256_e100', 'train', str(tmp_path))
   monkeypatch.setattr(generated_images, 'stripes_image', real_stripes_image)
   name = generated_images.ensure_generated_images(str(tmp_path), **SIZES)
-  assert len(pipeline.open_split(name, 'train', str(tmp_path))) == 256
+  assert len(sources.open_split(name, 'train', str(tmp_path))) == 256
 
 
 # --- Opening splits ---
@@ -125,13 +125,13 @@ def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
 
 def test_missing_dataset_or_split_is_a_user_error_with_the_fix(tmp_path, generated):
   with pytest.raises(UserError, match='tfds build imagenet2012') as error:
-    pipeline.open_split('imagenet2012', 'train', str(tmp_path))
+    sources.open_split('imagenet2012', 'train', str(tmp_path))
   assert str(tmp_path) in str(error.value) and '\n' not in str(error.value)
   assert os.listdir(tmp_path) == []  # Nothing was prepared or downloaded.
   with pytest.raises(UserError, match='tfds build'):
-    pipeline.open_split('no_such_dataset_xyz', 'train', str(tmp_path))
+    sources.open_split('no_such_dataset_xyz', 'train', str(tmp_path))
   with pytest.raises(UserError, match="split 'test'"):
-    pipeline.open_split(generated[1], 'test', generated[0])
+    sources.open_split(generated[1], 'test', generated[0])
 
 
 # --- Preprocessing ---
@@ -151,7 +151,7 @@ def test_constant_colour_image_normalises_to_hand_computed_values():
 def test_large_jpeg_is_decoded_reduced_and_cropped_to_size():
   colour = np.array([200, 60, 30], np.uint8)
   encoded = png(np.broadcast_to(colour, (480, 640, 3)).copy(), image_format='JPEG')
-  expected = (colour - pipeline.IMAGENET_MEAN) / pipeline.IMAGENET_STD
+  expected = (colour - image_ops.IMAGENET_MEAN) / image_ops.IMAGENET_STD
   image = pipeline.eval_image(encoded, image_size=32)
   assert image.shape == (32, 32, 3)
   np.testing.assert_allclose(image, np.broadcast_to(expected, image.shape), atol=0.05)  # JPEG is lossy.
@@ -221,8 +221,8 @@ def test_epochs_end_after_their_mixed_batch():
 
 
 def test_eval_covers_each_example_once_across_processes(generated):
-  source = IndexAsLabel(pipeline.open_split(generated[1], 'validation', generated[0]))
-  assert pipeline.num_eval_batches(len(source), 32) == 4
+  source = IndexAsLabel(sources.open_split(generated[1], 'validation', generated[0]))
+  assert streams.num_eval_batches(len(source), 32) == 4
   seen, mask_total = [], 0.0
   for process_index in range(2):
     batches = list(pipeline.eval_batches(source, global_batch_size=32, image_size=24, process_index=process_index,
@@ -248,7 +248,7 @@ def test_synthetic_batches_repeat_one_local_batch():
 def test_data_dir_defaults_to_tfds_data_dir_then_home(monkeypatch):
   """The README's main command passes no --data_dir: it must resolve, not crash."""
   monkeypatch.setenv('TFDS_DATA_DIR', '/data/tfds')
-  assert pipeline.resolve_data_dir(None) == '/data/tfds'
-  assert pipeline.resolve_data_dir('/x') == '/x'
+  assert sources.resolve_data_dir(None) == '/data/tfds'
+  assert sources.resolve_data_dir('/x') == '/x'
   monkeypatch.delenv('TFDS_DATA_DIR')
-  assert pipeline.resolve_data_dir(None) == os.path.expanduser('~/tensorflow_datasets')
+  assert sources.resolve_data_dir(None) == os.path.expanduser('~/tensorflow_datasets')

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from input_pipelines import generated_images
+from input_pipelines import generated_images, sources
 from input_pipelines import image_classification as pipeline
 from models import flops, resnet
 from suite.training import optimizers
@@ -112,7 +112,7 @@ class ResNetWorkload(workload_lib.Workload):
   # --- data ---
   def open_data(self, data_dir):
     c = self.config
-    data_dir = pipeline.resolve_data_dir(data_dir)
+    data_dir = sources.resolve_data_dir(data_dir)
     if c.dataset == 'synthetic':
       return
     name = c.dataset
@@ -121,8 +121,8 @@ class ResNetWorkload(workload_lib.Workload):
       name = generated_images.ensure_generated_images(
           data_dir, num_classes=c.num_classes, image_size=g.image_size, num_train=g.num_train,
           num_eval=g.num_eval)
-    self._train_source = pipeline.open_split(name, c.train_split, data_dir, c.skip_bad_records)
-    self._eval_source = pipeline.open_split(name, c.eval_split, data_dir, is_eval=True)
+    self._train_source = sources.open_split(name, c.train_split, data_dir, c.skip_bad_records)
+    self._eval_source = sources.open_split(name, c.eval_split, data_dir, is_eval=True)
 
   def skipped_train_records(self):
     return self._train_source.bad_records if self._train_source is not None else []

@@ -18,7 +18,7 @@ import optax
 from absl import logging
 
 from input_pipelines import detection as pipeline
-from input_pipelines import generated_detection, image_classification
+from input_pipelines import generated_detection, sources
 from models import box_ops, flops, torchvision_weights
 from suite.common.errors import UserError
 from suite.training import optimizers
@@ -145,15 +145,15 @@ class DetectionWorkload(workload_lib.Workload):
   # --- data ---
   def open_data(self, data_dir):
     c = self.config
-    data_dir = image_classification.resolve_data_dir(data_dir)
+    data_dir = sources.resolve_data_dir(data_dir)
     name = c.dataset
     if name == 'generated':
       g = c.generated
       name = generated_detection.ensure_generated_detection(
           data_dir, num_classes=c.num_classes, image_size=g.image_size, num_train=g.num_train,
           num_eval=g.num_eval)
-    self._train_source = image_classification.open_split(name, c.train_split, data_dir, c.skip_bad_records)
-    self._eval_source = image_classification.open_split(name, c.eval_split, data_dir, is_eval=True)
+    self._train_source = sources.open_split(name, c.train_split, data_dir, c.skip_bad_records)
+    self._eval_source = sources.open_split(name, c.eval_split, data_dir, is_eval=True)
 
   def skipped_train_records(self):
     return self._train_source.bad_records if self._train_source is not None else []

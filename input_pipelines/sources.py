@@ -1,0 +1,43 @@
+"""Opening a TFDS split for the input pipelines: the data folder, the `tfds build` hint, the checked source."""
+
+import os
+from typing import Any
+
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import constants as tfds_constants
+
+from input_pipelines import checked_source
+from suite.common.errors import UserError
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+  """--data_dir, else $TFDS_DATA_DIR, else TFDS's own default (~/tensorflow_datasets)."""
+  return os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
+
+
+def open_split(dataset: str, split: str, data_dir: str | None, skip_bad_records: bool = False, *,
+               is_eval: bool = False) -> Any:
+  """A random-access source (len, [i]) over one split; images stay encoded bytes, labels are ints.
+
+  Raises UserError with the `tfds build` command when the dataset or split is not prepared in data_dir. A corrupt
+  record raises CorruptRecordError naming its file when read (or, with skip_bad_records, is replaced and counted:
+  training splits only; an `is_eval` split is always read whole, so skip_bad_records must be False there).
+  """
+  where = data_dir or os.environ.get('TFDS_DATA_DIR') or tfds_constants.DATA_DIR
+  fix = (f'prepare it with `tfds build {dataset} --data_dir={where} --file_format=array_record` '
+         '(see BUILD.md)')
+  missing = f'dataset {dataset!r} (split {split!r}) not found in {where}: {fix}'
+  try:
+    builder = tfds.builder(dataset, data_dir=data_dir)
+  except Exception:  # tfds raises DatasetNotFoundError, ValueError or ImportError for unknown names/configs.
+    raise UserError(missing) from None
+  # Check first: asking tfds for a data source of an unprepared dataset would start preparing (downloading) it.
+  if not builder.is_prepared():
+    raise UserError(missing)
+  try:
+    # Skip decoding so that we decode with PIL ourselves (JPEG draft mode: decode big images at reduced size).
+    source = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  except Exception as e:  # Unknown split (ValueError), TFRecord-only files (NotImplementedError), ...
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise UserError(f'dataset {dataset!r} (split {split!r}) in {where} cannot be read ({reason}): {fix}') from None
+  return checked_source.CheckedSource(source, dataset, split, data_dir, skip_bad_records, is_eval=is_eval)

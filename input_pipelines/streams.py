@@ -1,0 +1,57 @@
+"""The seeded global batch streams shared by the input pipelines: the same global batches on any process count."""
+
+from collections.abc import Iterator
+
+import grain
+import numpy as np
+
+from suite.common.errors import UserError
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise UserError(f'global batch size {global_batch_size} is not divisible by the {process_count} processes')
+  return global_batch_size // process_count
+
+
+def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
+  """Batches in one eval pass, the last one padded; the same on every process."""
+  return -(-num_examples // global_batch_size)
+
+
+def global_train_stream(source, preprocess, *, global_batch_size: int, seed: int, process_index: int,
+                        process_count: int, num_threads: int, start_batch: int) -> Iterator[dict]:
+  """The endless, seeded training stream shared by the pipelines; `preprocess(example, rng)` augments one example.
+
+  The global batch stream depends only on the seed: every process shuffles and augments the same global stream
+  and takes positions process_index, process_index + process_count, ... of it, so the processes' batches k
+  together form global batch k whatever the process count. The stream is indexable, so starting at batch
+  `start_batch` costs nothing (no batch before it is read).
+  """
+  batch_size = local_batch_size(global_batch_size, process_count)
+  if len(source) < global_batch_size:
+    raise UserError(f'the training split has {len(source)} examples, fewer than one global batch '
+                    f'({global_batch_size}): lower --config.global_batch_size')
+  shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
+  # Every example once per epoch, each epoch a fresh permutation (grain reseeds the shuffle per repetition). When
+  # the batch does not divide the split, the batch at an epoch's end is "mixed": it ends with the first examples
+  # of the next epoch (one of the options the MLPerf training rules allow; the runner evaluates an epoch only
+  # after its mixed batch, as they require: see `Workload.epoch_end_step`).
+  ds = grain.MapDataset.source(source).shuffle(seed=int(shuffle_seed)).repeat()
+  # Augment before sharding: an example's crop and flip depend on its global stream position, not on the shard.
+  ds = ds.random_map(preprocess, seed=int(augment_seed))
+  ds = ds.slice(slice(start_batch * global_batch_size + process_index, None, process_count))
+  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
+  return iter(ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True))
+
+
+def global_eval_stream(example_at, num_examples: int, *, global_batch_size: int, process_index: int,
+                       process_count: int, num_threads: int) -> Iterator[dict]:
+  """One in-order pass shared by the pipelines: `example_at(position)` makes the example (or a mask-0 pad past
+  the end); positions are padded to whole global batches and dealt out so each lands on exactly one process."""
+  batch_size = local_batch_size(global_batch_size, process_count)
+  num_positions = num_eval_batches(num_examples, global_batch_size) * global_batch_size
+  ds = grain.MapDataset.range(num_positions).slice(slice(process_index, None, process_count))
+  ds = ds.map(example_at)
+  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
+  return iter(ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True))
