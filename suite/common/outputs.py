@@ -1,4 +1,5 @@
-"""The files a run leaves in --output_dir: result_0.txt (MLPerf log), metrics.jsonl and summary.json."""
+"""The files a run leaves in --output_dir: result_0.txt (MLPerf log), metrics.jsonl, summary.json, config.json and
+provenance.json."""
 
 import contextlib
 import errno
@@ -14,6 +15,7 @@ RESULT_LOG = 'result_0.txt'
 METRICS = 'metrics.jsonl'
 SUMMARY = 'summary.json'
 CONFIG = 'config.json'  # The run's whole resolved workload config.
+PROVENANCE = 'provenance.json'  # What produced the run (suite.common.provenance).
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool = False, resumable: bool = False) -> None:
@@ -32,7 +34,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool = False, r
     raise UserError(f'{output_dir} already holds a run ({", ".join(existing)}): choose a new --output_dir, '
                     'pass --resume to continue it, or --overwrite to replace it')
   os.makedirs(output_dir, exist_ok=True)
-  for name in (RESULT_LOG, METRICS, SUMMARY, CONFIG):  # --overwrite: start this run's files afresh.
+  for name in (RESULT_LOG, METRICS, SUMMARY, CONFIG, PROVENANCE):  # --overwrite: start this run's files afresh.
     path = os.path.join(output_dir, name)
     if os.path.exists(path):
       os.remove(path)

@@ -15,7 +15,6 @@ flagged for the open one.
 
 import argparse
 import glob
-import importlib.metadata
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ import shutil
 import subprocess
 import sys
 
-from suite.common import mlperf_log, outputs, registry
+from suite.common import mlperf_log, outputs, provenance, registry
 from suite.common.errors import UserError
 from suite.results import runs as runs_lib
 
@@ -147,14 +146,53 @@ def _os_name() -> str:
     return platform.platform()
 
 
-def _versions(names: tuple[str, ...]) -> str:
-  found = []
-  for name in names:
-    try:
-      found.append(f'{name} {importlib.metadata.version(name)}')
-    except importlib.metadata.PackageNotFoundError:
-      pass
-  return ', '.join([f'Python {platform.python_version()}', *found])
+def _software_fields(versions: dict, runtime: dict | None, backend: str | None) -> dict:
+  """framework and other_software_stack from versions as suite.common.provenance records them."""
+  stack = [f"Python {versions.get('python')}",
+           *(f'{name} {versions[name]}' for name in _SOFTWARE if versions.get(name)),
+           *(f'{name} {value}' for name, value in (runtime or {}).items())]
+  return {'framework': f"JAX {versions.get('jax')} (jaxlib {versions.get('jaxlib')}, {backend} backend)",
+          'other_software_stack': ', '.join(stack)}
+
+
+def _machine_software() -> dict:
+  import jax  # pylint: disable=import-outside-toplevel  # Only here: the rest of the packager needs no backend.
+  return _software_fields(provenance.software(), provenance.accelerator_runtime(), jax.devices()[0].platform)
+
+
+def software_description(result_files: list[str]) -> dict:
+  """framework and other_software_stack as the runs recorded them in provenance.json (what trained them), not as
+  this machine has them. Runs (or a resumed run's segments) trained with different software are refused, saying
+  which; runs without a record are named in a warning and the others' versions (else this machine's) are used."""
+  missing, stacks, recorded = [], [], []
+  for path in result_files:
+    run = _run_name(path)
+    record = provenance.read(os.path.join(os.path.dirname(path), outputs.PROVENANCE))
+    if record is None:
+      missing.append(run)
+      continue
+    for segment in [*record.get('earlier_segments', []), record]:
+      stack = (segment.get('software') or {}, segment.get('accelerator_runtime'),
+               (segment.get('devices') or {}).get('platform'))
+      stacks.append(stack)
+      recorded.append((run, {**stack[0], **(stack[1] or {}), 'backend': stack[2]}))
+  seen: dict[str, dict[str, list[str]]] = {}  # Each item -> its value -> the runs that recorded it.
+  for run, items in recorded:
+    for item in dict.fromkeys(name for _, each in recorded for name in each):  # A runtime one run lacks: none.
+      runs = seen.setdefault(item, {}).setdefault(str(items.get(item) or 'none'), [])
+      if run not in runs:
+        runs.append(run)
+  differ = [item + ' ' + ' vs '.join(f'{value} ({", ".join(runs)})' for value, runs in values.items())
+            for item, values in seen.items() if len(values) > 1]
+  if differ:
+    raise PackageError(f'the runs were trained with different software ({"; ".join(differ)}): one system '
+                       'description covers every run of a package; package runs of one software stack (each '
+                       f"run's {outputs.PROVENANCE} says what trained it)")
+  if missing:
+    fallback = 'the versions the other runs recorded' if stacks else "this machine's versions"
+    print(f'warning: {", ".join(missing)} have no {outputs.PROVENANCE} (trained before runs recorded what produced '
+          f'them): the system description lists {fallback}', file=sys.stderr)
+  return _software_fields(*stacks[-1]) if stacks else _machine_software()
 
 
 def _device_memory(device) -> str:
@@ -198,15 +236,13 @@ def accelerator_description(summary: dict) -> dict:
       'accelerator_model_name': 'N/A' if on_cpu else kind,
       'hw_notes': f'trained on {per_node} JAX CPU device(s) per node' if on_cpu else '',
       'accelerator_memory_capacity': _device_memory(devices[0]) if same_kind else '',
-      'framework': f'JAX {jax.__version__} (jaxlib {importlib.metadata.version("jaxlib")}, '
-                   f'{devices[0].platform} backend)',
-      'other_software_stack': _versions(_SOFTWARE),
   }
 
 
 def system_description(org: str, system: str, division: str, status: str, summary: dict,
-                       overrides: dict[str, str]) -> dict:
-  """All 33 fields: measured where the machine tells, '' or 'N/A' where only the submitter knows."""
+                       overrides: dict[str, str], software: dict | None = None) -> dict:
+  """All 33 fields: measured where the machine tells, '' or 'N/A' where only the submitter knows; `software`: the
+  runs' framework and other_software_stack (software_description), else this machine's."""
   unknown = sorted(set(overrides) - set(SYSTEM_FIELDS))
   if unknown:
     raise PackageError(f'unknown system field(s) {", ".join(unknown)}: known fields are {", ".join(SYSTEM_FIELDS)}')
@@ -216,6 +252,7 @@ def system_description(org: str, system: str, division: str, status: str, summar
                'cooling': 'N/A', 'hw_notes': '', 'sw_notes': 'mlperf-jax-suite (suite.results.package)'})
   desc.update(host_description())
   desc.update(accelerator_description(summary))
+  desc.update(software if software is not None else _machine_software())
   desc.update(overrides)
   return desc
 
@@ -274,6 +311,7 @@ def build(runs_dir: str, org: str, system: str, out: str, division: str | None =
   with open(os.path.join(os.path.dirname(result_files[0]), outputs.SUMMARY), encoding='utf-8') as f:
     summary = json.load(f)
 
+  software = software_description(result_files)  # Refuses runs of different software before anything is written.
   org_dir = os.path.join(out, org)
   results_dir = os.path.join(org_dir, 'results', system, benchmark)
   impl_dir = os.path.join(org_dir, 'benchmarks', benchmark, 'implementations', impl)
@@ -281,7 +319,7 @@ def build(runs_dir: str, org: str, system: str, out: str, division: str | None =
     shutil.rmtree(results_dir)
   for folder in (os.path.join(org_dir, 'systems'), results_dir, impl_dir):
     os.makedirs(folder, exist_ok=True)
-  desc = system_description(org, system, division, status, summary, overrides or {})
+  desc = system_description(org, system, division, status, summary, overrides or {}, software)
   runs_lib.write_json(os.path.join(org_dir, 'systems', f'{system}.json'), desc)
   for i, path in enumerate(result_files):
     shutil.copyfile(path, os.path.join(results_dir, f'result_{i}.txt'))

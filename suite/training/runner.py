@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from suite.common import distributed, mlperf_log, outputs, sharding
+from suite.common import distributed, mlperf_log, outputs, provenance, sharding
 from suite.common.mlperf_log import KEYS, MLPerfLog
 from suite.training import cache_clear, checkpoint
 from suite.training import mfu as mfu_lib
@@ -251,6 +251,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
     outputs.write_json(path(outputs.CONFIG), {'workload': workload.benchmark, 'variant': workload.variant,
                                               'scale': workload.scale, 'division': options.division,
                                               'seed': options.seed, 'config': workload.config.to_dict()})
+    provenance.record_start(path(outputs.PROVENANCE), provenance.gather(mesh))  # Peak memory added at the end.
   log = MLPerfLog(path(outputs.RESULT_LOG), enabled=is_main)
   writer = outputs.MetricsWriter(path(outputs.METRICS))
   clock = Clock(log)
@@ -363,6 +364,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
   summary['skipped_train_records'] = skipped
   if is_main:
     outputs.write_json(path(outputs.SUMMARY), summary)
+    provenance.record_peak_memory(path(outputs.PROVENANCE))
   return summary
 
 
