@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from suite.common import outputs
+from suite.common import mlperf_log, outputs
 from suite.results import runs
 from suite.training import cache_clear
 from tests.conftest import check_log, run_suite
@@ -16,8 +16,7 @@ SHORT = ['--workload=resnet', '--scale=tiny', '--seed=5', '--config.max_epochs=1
 
 
 def _mllog(path):
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line.split(':::MLLOG ', 1)[1]) for line in f if ':::MLLOG ' in line]
+  return mlperf_log.read_events(path)
 
 
 def _cache_clear_values(out):

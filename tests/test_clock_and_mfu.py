@@ -1,19 +1,17 @@
 """The clock's ordering and compile detection, and XLA's FLOP count, against hand-computed values (the peak table
 and the utilisation figures: tests/test_mfu.py)."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 
+from suite.common import mlperf_log
 from suite.common.mlperf_log import MLPerfLog
 from suite.training import mfu
 from suite.training.clock import Clock
 
 
 def _read_log(path):
-  with open(path) as f:
-    return [json.loads(line.split(':::MLLOG ', 1)[1]) for line in f]
+  return mlperf_log.read_events(path, strict=True)
 
 
 def test_clock_logs_boundaries_in_order_and_counts_no_compile_for_aot_calls(tmp_path):

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from suite.common import mlperf_log
 from tests.conftest import check_log, run_suite
 
 SUMMARY_FIELDS = {'workload', 'scale', 'division', 'status', 'target_metric', 'target', 'final_metric',
@@ -13,10 +14,7 @@ SUMMARY_FIELDS = {'workload', 'scale', 'division', 'status', 'target_metric', 't
 
 
 def _mllog(path):
-  with open(path) as f:
-    lines = f.read().splitlines()
-  assert all(line.startswith(':::MLLOG ') for line in lines)  # Only MLLOG lines in the result file.
-  return [json.loads(line[len(':::MLLOG '):]) for line in lines]
+  return mlperf_log.read_events(path, strict=True)  # Strict: only whole MLLOG lines in the result file.
 
 
 @pytest.mark.slow

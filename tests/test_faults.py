@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from input_pipelines import checked_source, generated_images, sources
-from suite.common import outputs
+from suite.common import mlperf_log, outputs
 from suite.common.errors import UserError
 from suite.tools import faults
 from suite.workloads import resnet
@@ -116,8 +116,7 @@ def _split_file(data_dir, split):
 
 
 def _mllog(out):
-  with open(os.path.join(out, outputs.RESULT_LOG), encoding='utf-8') as f:
-    return [json.loads(line.split(':::MLLOG ', 1)[1]) for line in f]
+  return mlperf_log.read_events(os.path.join(out, outputs.RESULT_LOG), strict=True)
 
 
 def test_eval_records_are_never_skipped_by_the_workload(small_dataset, tmp_path):

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from suite.common import registry
+from suite.common import mlperf_log, registry
 from suite.inference import bench as infer_bench
 from suite.inference import loadgen as infer_loadgen
 from suite.inference import model as infer_model
@@ -65,10 +65,9 @@ def test_each_scenario_is_valid_in_performance_mode(trained, data_dir, tmp_path,
   assert summary['scenario'] == scenario and summary['valid'] is True and summary['errors'] == 0
   assert summary['headline_value'] > 0
   # The headline is the detail log's figure the submission checker reads (the early-stopping estimate for
-  # SingleStream and MultiStream), read here independently of the suite's parser.
+  # SingleStream and MultiStream), taken here independently of the suite's result reading.
   detail = {}
-  for line in (out / 'mlperf_log_detail.txt').read_text().splitlines():
-    entry = json.loads(line.split(':::MLLOG ', 1)[1])
+  for entry in mlperf_log.read_events(str(out / 'mlperf_log_detail.txt'), strict=True):
     detail.setdefault(entry['key'], entry['value'])
   key = CHECKER_RESULT_FIELD[scenario]
   assert summary['headline_value'] == detail[key] / (1e6 if scenario.endswith('Stream') else 1)

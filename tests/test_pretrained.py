@@ -8,7 +8,6 @@ forward pass equals a NumPy transcription of torchvision's forward (OIHW convs w
 """
 
 import hashlib
-import json
 
 import flax.linen as nn
 import jax
@@ -25,7 +24,7 @@ from models import torchvision_weights
 from models.retinanet import ResNeXtBackbone, RetinaNet
 from models.ssd300 import SSD300, ResNetBackbone
 from suite.common import config as config_lib
-from suite.common import registry
+from suite.common import mlperf_log, registry
 from suite.common.errors import UserError
 from suite.training import optimizers
 from tests.conftest import check_log, run_suite
@@ -544,7 +543,7 @@ def test_a_run_starts_from_the_checkpoint_and_trains_only_what_the_reference_tra
   result = run_suite('--workload=ssd', '--scale=tiny', '--seed=1', f'--data_dir={data_dir}', f'--output_dir={out}',
                      '--config.max_epochs=1', '--config.model.frozen_bn=True', f'--config.backbone_checkpoint={ckpt}')
   assert result.returncode in (0, 1), result.stderr[-3000:]
-  events = [json.loads(line[len(':::MLLOG '):]) for line in (out / 'result_0.txt').read_text().splitlines()]
+  events = mlperf_log.read_events(str(out / 'result_0.txt'), strict=True)
   (init,) = [e for e in events if e['key'] == 'backbone_initialization']
   with open(ckpt, 'rb') as f:
     assert init['value'] == 'pretrained' and init['metadata']['sha256'] == hashlib.sha256(f.read()).hexdigest()

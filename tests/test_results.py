@@ -12,6 +12,7 @@ import sqlite3
 
 import pytest
 
+from suite.common import mlperf_log
 from suite.common.mlperf_log import MLPerfLog, run_span
 from suite.results import package as package_lib
 from suite.results import report as report_lib
@@ -163,9 +164,8 @@ def test_sweep_writes_sqlite_rows_and_a_comparison(tmp_path, data_dir):
 # --- Resumed runs: the clock does not pause. Timed from the first run_start to the last run_stop everywhere. ---
 
 def _events(path):
-  """The log's events, read here independently of the code under test."""
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line.split(':::MLLOG ', 1)[1]) for line in f if ':::MLLOG ' in line]
+  """The log's events (the spans are computed here independently of the result tools under test)."""
+  return mlperf_log.read_events(path, strict=True)
 
 
 def _span_s(path):
@@ -192,7 +192,7 @@ def make_resumed(run_dir, step: int, downtime_s: float) -> float:
   later = [{**e, 'time_ms': e['time_ms'] + shift} for e in events[cut:]]
   with open(log, 'w', encoding='utf-8') as f:
     for event in events[:cut] + [stop, resumed] + later:
-      f.write(':::MLLOG ' + json.dumps(event) + '\n')
+      f.write(mlperf_log.MLLOG_PREFIX + json.dumps(event) + '\n')
   summary_path = os.path.join(run_dir, 'summary.json')
   with open(summary_path, encoding='utf-8') as f:
     summary = json.load(f)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from suite.common import mlperf_log
 from tests.conftest import REPO, check_log, run_suite
 
 TINY = ['--workload=resnet', '--scale=tiny', '--seed=11', '--config.max_epochs=2', '--checkpoint_every_steps=8',
@@ -78,7 +79,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, data_dir, u
     assert losses[step] == loss, step
   checker = check_log(str(out / 'result_0.txt'))
   assert 'SUCCESS' in checker.stdout + checker.stderr, checker.stdout + checker.stderr
-  keys = [json.loads(line.split(':::MLLOG ', 1)[1])['key'] for line in (out / 'result_0.txt').open()]
+  keys = [e['key'] for e in mlperf_log.read_events(str(out / 'result_0.txt'), strict=True)]
   assert keys.count('run_start') == 1 and keys.count('resumed') == 1  # Marked as resumed, in one log.
 
 

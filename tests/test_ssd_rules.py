@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from suite.common import mlperf_log
 from suite.workloads import ssd
 from tests.conftest import check_log, run_suite
 
@@ -20,7 +21,7 @@ def test_tiny_closed_retinanet_trains_to_a_log_the_official_checker_passes(tmp_p
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['division'] == 'closed' and summary['status'] == 'success', summary
   assert summary['final_metric'] >= summary['target'] and summary['compiles_after_run_start'] == 0
-  events = [json.loads(line[len(':::MLLOG '):]) for line in (out / 'result_0.txt').read_text().splitlines()]
+  events = mlperf_log.read_events(str(out / 'result_0.txt'), strict=True)
   by_key = {e['key']: e['value'] for e in events}
   assert by_key['submission_division'] == 'closed' and by_key['submission_benchmark'] == 'ssd'
   assert by_key['opt_name'] == 'adam' and by_key['opt_weight_decay'] == 0.0

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Iterable
 
 from mlperf_logging.mllog import constants
 from mlperf_logging.mllog import mllog as mllog_impl
@@ -61,19 +62,37 @@ MLLOG_PREFIX = ':::MLLOG '
 RESUMED = 'resumed'
 
 
-def read_events(path: str) -> list[dict]:
-  """Every MLLOG event of a log file, in order ({'key', 'value', 'time_ms', 'metadata', ...}); no file: []."""
+def parse_line(line: str) -> dict:
+  """The event of one `:::MLLOG {...}` line; ValueError when it is not one whole MLLOG line (no prefix, or a JSON
+  payload cut short or damaged)."""
+  if not line.startswith(MLLOG_PREFIX):
+    raise ValueError(f'not an MLLOG line: {line[:80]!r}')
+  return json.loads(line[len(MLLOG_PREFIX):])  # json.JSONDecodeError is a ValueError.
+
+
+def parse_events(lines: Iterable[str], strict: bool = False) -> list[dict]:
+  """The events of MLLOG lines, in order. Not strict: other lines and torn ones (the half-written last line of a run
+  still writing, or killed mid-line) are skipped. Strict: any such line is a ValueError (a log that must be whole)."""
+  events = []
+  for line in lines:
+    line = line.rstrip('\n')
+    if not strict and not line.startswith(MLLOG_PREFIX):
+      continue
+    try:
+      events.append(parse_line(line))
+    except ValueError:
+      if strict:
+        raise
+  return events
+
+
+def read_events(path: str, strict: bool = False) -> list[dict]:
+  """Every MLLOG event of a log file, in order ({'key', 'value', 'time_ms', 'metadata', ...}); no file: [].
+  `strict`: as in parse_events."""
   if not os.path.exists(path):
     return []
-  events = []
   with open(path, encoding='utf-8', errors='replace') as f:
-    for line in f:
-      if line.startswith(MLLOG_PREFIX):
-        try:
-          events.append(json.loads(line[len(MLLOG_PREFIX):]))
-        except json.JSONDecodeError:  # A half-written last line of a run still writing (or killed mid-line).
-          pass
-  return events
+    return parse_events(f, strict)
 
 
 def first_values(events: list[dict]) -> dict:

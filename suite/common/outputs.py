@@ -3,9 +3,11 @@ provenance.json."""
 
 import contextlib
 import errno
+import glob
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 
@@ -147,17 +149,51 @@ class MetricsWriter:
       self._file.close()
 
 
-def write_json(path: str, data: dict) -> None:
-  """Writes atomically (temp file + rename): a crash or a full disk mid-write never leaves a truncated summary, nor
-  a temp file; the previous summary (a preempted run's) stays as it was."""
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+  """The one way a file is rewritten in place: yields a temporary path beside `path` to write the new content to,
+  then renames it over `path` at once, so a reader, a crash or a full disk mid-write sees the old file or the new
+  one, never a part of either. On any failure the temporary file is removed (the old file stays as it was), and a
+  full disk is a one-line UserError."""
   tmp = path + '.tmp'
   try:
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(data, f, indent=2, sort_keys=True)
-      f.write('\n')
+    yield tmp
     os.replace(tmp, path)
-  except OSError as e:
+  except BaseException as e:
     with contextlib.suppress(OSError):
       os.remove(tmp)
     _raise_disk_full(path, e)
     raise
+
+
+def write_json(path: str, data: dict, sort_keys: bool = True) -> None:
+  """Writes `data` as indented JSON atomically (see replacing): a crash or a full disk mid-write never leaves a
+  truncated file (e.g. a preempted run's summary stays as it was), nor a temp file. `sort_keys=False` keeps the
+  order of `data` (files people read, such as score.json)."""
+  with replacing(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(data, f, indent=2, sort_keys=sort_keys)
+    f.write('\n')
+
+
+# --- A set of runs (suite.results.runs): DIR/run_0, DIR/run_1, ... ---
+
+RUN_DIR_PREFIX = 'run_'
+
+
+def run_dir(set_dir: str, k: int) -> str:
+  """The folder of run `k` of a set."""
+  return os.path.join(set_dir, f'{RUN_DIR_PREFIX}{k}')
+
+
+def run_order(name: str) -> tuple[int, str]:
+  """Sort key of run folder names (or paths): by the number in run_<k>, so run_2 comes before run_10."""
+  base = os.path.basename(os.path.normpath(name))
+  return int(re.sub(r'\D', '', base) or 0), base
+
+
+def run_dirs(set_dir: str, containing: str | None = None) -> list[str]:
+  """The run_<k> folders of a set folder in run order; `containing`: only those that hold that file."""
+  found = [d for d in glob.glob(os.path.join(glob.escape(set_dir), f'{RUN_DIR_PREFIX}*')) if os.path.isdir(d)]
+  if containing:
+    found = [d for d in found if os.path.exists(os.path.join(d, containing))]
+  return sorted(found, key=run_order)

@@ -1,13 +1,13 @@
 """LoadGen test settings (mlperf.conf, user.conf, flags, calibration), one test run, and reading its summary."""
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
 
 import numpy as np
 
+from suite.common import mlperf_log
 from suite.common.errors import UserError
 
 SCENARIOS = ('SingleStream', 'MultiStream', 'Server', 'Offline')
@@ -160,22 +160,11 @@ def run_test(sut_handle, qsl_handle, settings, output_dir: str) -> None:
 
 def read_detail_log(path: str) -> tuple[dict, list[str]]:
   """(first value of each key, the messages LoadGen flagged `is_error`) of an mlperf_log_detail.txt, read as the
-  submission checker's log parser reads it: the JSON after `:::MLLOG ` on each line."""
-  fields: dict = {}
-  errors: list[str] = []
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      _, sep, payload = line.partition(':::MLLOG ')
-      if not sep:
-        continue
-      try:
-        entry = json.loads(payload)
-      except json.JSONDecodeError:
-        continue  # LoadGen writes each line whole; a torn last line of a killed run says nothing.
-      fields.setdefault(entry.get('key'), entry.get('value'))
-      if (entry.get('metadata') or {}).get('is_error'):
-        errors.append(f"{entry.get('key')}: {entry.get('value')}")
-  return fields, errors
+  submission checker's log parser reads it: the JSON after `:::MLLOG ` on each line (a torn last line of a killed
+  run says nothing)."""
+  events = mlperf_log.read_events(path)
+  errors = [f"{e.get('key')}: {e.get('value')}" for e in events if (e.get('metadata') or {}).get('is_error')]
+  return mlperf_log.first_values(events), errors
 
 
 def read_result(output_dir: str, scenario: str) -> dict:

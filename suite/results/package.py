@@ -14,11 +14,9 @@ flagged for the open one.
 """
 
 import argparse
-import glob
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -55,8 +53,7 @@ class PackageError(Exception):
 
 def find_result_files(runs_dir: str) -> list[str]:
   """The runs' result_0.txt in run order (run_0, run_1, ... numerically; or the folder itself)."""
-  files = glob.glob(os.path.join(runs_dir, 'run_*', outputs.RESULT_LOG))
-  files.sort(key=lambda p: int(re.sub(r'\D', '', os.path.basename(os.path.dirname(p))) or 0))
+  files = [os.path.join(d, outputs.RESULT_LOG) for d in outputs.run_dirs(runs_dir, containing=outputs.RESULT_LOG)]
   if not files and os.path.exists(os.path.join(runs_dir, outputs.RESULT_LOG)):
     files = [os.path.join(runs_dir, outputs.RESULT_LOG)]
   if not files:
@@ -320,7 +317,7 @@ def build(runs_dir: str, org: str, system: str, out: str, division: str | None =
   for folder in (os.path.join(org_dir, 'systems'), results_dir, impl_dir):
     os.makedirs(folder, exist_ok=True)
   desc = system_description(org, system, division, status, summary, overrides or {}, software)
-  runs_lib.write_json(os.path.join(org_dir, 'systems', f'{system}.json'), desc)
+  outputs.write_json(os.path.join(org_dir, 'systems', f'{system}.json'), desc, sort_keys=False)
   for i, path in enumerate(result_files):
     shutil.copyfile(path, os.path.join(results_dir, f'result_{i}.txt'))
   with open(os.path.join(impl_dir, 'README.md'), 'w', encoding='utf-8') as f:
@@ -477,7 +474,8 @@ def main(argv: list[str]) -> int:
     print('\n'.join([f"package written to {package['out']}/{package['org']}", *resumed_lines(package)]))
     return 0
   verdicts = check(package, ruleset)
-  runs_lib.write_json(os.path.join(package['out'], 'package_report.json'), {**package, 'verdicts': verdicts})
+  outputs.write_json(os.path.join(package['out'], 'package_report.json'), {**package, 'verdicts': verdicts},
+                     sort_keys=False)
   print(format_verdicts(package, verdicts))
   return 0 if verdicts['package_checker']['passed'] else 1
 

@@ -12,10 +12,8 @@ checkpoint is thus shown on the wall clock, the time it was down included, and i
 
 import argparse
 import dataclasses
-import glob
 import json
 import os
-import re
 import sys
 
 import matplotlib
@@ -84,9 +82,7 @@ class RunSet:
 
 
 def _run_dirs(path: str) -> list[str]:
-  dirs = glob.glob(os.path.join(path, 'run_*'))
-  dirs = [d for d in dirs if os.path.exists(os.path.join(d, outputs.SUMMARY))]
-  dirs.sort(key=lambda d: int(re.sub(r'\D', '', os.path.basename(d)) or 0))
+  dirs = outputs.run_dirs(path, containing=outputs.SUMMARY)
   return dirs or ([path] if os.path.exists(os.path.join(path, outputs.SUMMARY)) else [])
 
 

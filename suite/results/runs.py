@@ -50,7 +50,7 @@ def make_seeds(num_runs: int, base_seed: int | None) -> list[int]:
 
 
 def plan(output_dir: str, num_runs: int, base_seed: int | None) -> list[RunSpec]:
-  return [RunSpec(k, seed, os.path.join(output_dir, f'run_{k}'))
+  return [RunSpec(k, seed, outputs.run_dir(output_dir, k))
           for k, seed in enumerate(make_seeds(num_runs, base_seed))]
 
 
@@ -192,7 +192,7 @@ def run_set(workload: str, scale: str, num_runs: int | None, output_dir: str, ba
       on_run(r)
   result = {'workload': workload, 'scale': scale, 'output_dir': os.path.abspath(output_dir),
             'base_seed': base_seed, 'extra_args': extra_args, **summarize(runs, workload), 'runs': runs}
-  write_json(os.path.join(output_dir, SCORE_FILE), result)
+  outputs.write_json(os.path.join(output_dir, SCORE_FILE), result, sort_keys=False)
   return result
 
 
@@ -216,21 +216,13 @@ def rescore(output_dir: str) -> dict:
     previous = json.load(f)
   runs = []
   for old in previous['runs']:
-    spec = RunSpec(old['run'], old['seed'], os.path.join(output_dir, f"run_{old['run']}"))
+    spec = RunSpec(old['run'], old['seed'], outputs.run_dir(output_dir, old['run']))
     runs.append(run_record(spec, old['returncode'], os.path.join(spec.output_dir, 'stderr.log'),
                            [sys.executable, *old['command']]))
   result = {**{k: previous.get(k) for k in ('workload', 'scale', 'base_seed', 'extra_args')},
             'output_dir': os.path.abspath(output_dir), **summarize(runs, previous['workload']), 'runs': runs}
-  write_json(path, result)
+  outputs.write_json(path, result, sort_keys=False)
   return result
-
-
-def write_json(path: str, data: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(data, f, indent=2)
-    f.write('\n')
-  os.replace(tmp, path)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

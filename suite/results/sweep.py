@@ -17,6 +17,7 @@ import sqlite3
 import sys
 import time
 
+from suite.common import outputs
 from suite.results import report as report_lib
 from suite.results import runs as runs_lib
 
@@ -130,7 +131,7 @@ def run_sweep(workload: str, scale: str, points: list[Point], num_runs: int | No
                                     [r['point'] for r in results])
   sweep = {'sweep_id': sweep_id, 'workload': workload, 'scale': scale, 'base_seed': base_seed,
            'results_db': os.path.abspath(db_path), 'report': written['report'], 'points': results}
-  runs_lib.write_json(os.path.join(output_dir, 'sweep.json'), sweep)
+  outputs.write_json(os.path.join(output_dir, 'sweep.json'), sweep, sort_keys=False)
   return sweep
 
 

@@ -19,7 +19,7 @@ import time
 
 from absl import app, flags
 
-from suite.common import outputs
+from suite.common import mlperf_log, outputs
 
 FLAGS = flags.FLAGS
 
@@ -124,13 +124,15 @@ def data_lost(before: dict[str, bytes], out: str) -> list[str]:
   lost += [name for name in _APPEND_ONLY
            if name in before and name in after and not after[name].startswith(before[name])]
   for name, data in after.items():
-    try:
+    try:  # A bad byte, line or JSON is a ValueError.
       if name == outputs.SUMMARY:
         json.loads(data)
+      elif name == outputs.RESULT_LOG:
+        mlperf_log.parse_events(data.decode('utf-8').splitlines(), strict=True)
       else:
         for line in data.decode('utf-8').splitlines():
-          json.loads(line.split(':::MLLOG ', 1)[1] if name == outputs.RESULT_LOG else line)
-    except (ValueError, IndexError):
+          json.loads(line)
+    except ValueError:
       lost.append(f'{name} (damaged)')
   return sorted(set(lost))
 
@@ -196,12 +198,11 @@ def corrupt_image_record(path: str, index: int) -> None:
   middle = (start + end) // 2  # Inside the IDAT payload: the header still opens, the checksum fails.
   record[middle:middle + 8] = bytes(8)
   records[index] = bytes(record)
-  tmp = path + '.tmp'
-  writer = array_record_module.ArrayRecordWriter(tmp, options)
-  for r in records:
-    writer.write(r)
-  writer.close()
-  os.replace(tmp, path)
+  with outputs.replacing(path) as tmp:
+    writer = array_record_module.ArrayRecordWriter(tmp, options)
+    for r in records:
+      writer.write(r)
+    writer.close()
 
 
 def record_at_stream_position(seed: int, num_examples: int, position: int) -> int:
@@ -359,8 +360,7 @@ def main(argv):
   report = {'reference_final_metric': reference, 'seed': FLAGS.seed, 'max_epochs': FLAGS.max_epochs,
             'elapsed_s': time.monotonic() - start, 'trials': [dataclasses.asdict(t) for t in trials]}
   path = os.path.join(work_dir, 'faults.json')
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=2)
+  outputs.write_json(path, report, sort_keys=False)
   print(f'{sum(t.ok for t in trials)}/{len(trials)} faults handled; {time.monotonic() - start:.0f} s; '
         f'runs and {path} in {work_dir}')
   return 0 if all(t.ok for t in trials) else 1
