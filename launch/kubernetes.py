@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from absl import app, flags
 
-from launch.tpu_vm import with_platform
+from launch.common import with_platform
 
 
 class TpuSlice(NamedTuple):

@@ -26,7 +26,7 @@ import sys
 
 from absl import app, flags
 
-from launch.tpu_vm import with_platform
+from launch.common import with_platform
 
 MODES = ('gpu', 'node')
 

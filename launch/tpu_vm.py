@@ -22,6 +22,8 @@ import time
 
 from absl import app, flags
 
+from launch.common import flag_value, with_platform
+
 _UPLOAD_DIR = '.mlperf-jax-suite-upload'  # Staging copy on each worker; see install_commands.
 
 
@@ -37,31 +39,6 @@ def ssh_command(tpu: str, zone: str, project: str | None, remote_shell: str, wor
 
 def scp_command(tpu: str, zone: str, project: str | None, src: str, dst: str, worker: str) -> list[str]:
   return _gcloud('scp', ['--recurse', src, dst], zone, project, worker)
-
-
-def with_platform(suite_args: list[str], platform: str) -> list[str]:
-  """The suite flags verbatim, plus --platform=PLATFORM unless the user already chose it; another platform is
-  an error rather than a silent override (absl would take the last one)."""
-  for i, arg in enumerate(suite_args):
-    value = arg.split('=', 1)[1] if arg.startswith('--platform=') else None
-    if arg == '--platform' and i + 1 < len(suite_args):
-      value = suite_args[i + 1]
-    if value is not None:
-      if value != platform:
-        raise ValueError(f'--platform={value} in the suite flags, but this launcher runs on {platform}')
-      return list(suite_args)
-  return [*suite_args, f'--platform={platform}']
-
-
-def flag_value(suite_args: list[str], name: str) -> str | None:
-  """The value of --NAME=VALUE (or --NAME VALUE) among the suite flags; the last one wins, as in absl."""
-  value = None
-  for i, arg in enumerate(suite_args):
-    if arg.startswith(f'--{name}='):
-      value = arg.split('=', 1)[1]
-    elif arg == f'--{name}' and i + 1 < len(suite_args):
-      value = suite_args[i + 1]
-  return value
 
 
 def with_output_dir(suite_args: list[str], stamp: str) -> tuple[list[str], str]:

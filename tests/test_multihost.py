@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from launch import local
+from suite.common import local_job, mlperf_log
 from tests.conftest import REPO, check_log, run_suite
 
 TINY_RESNET = ['--workload=resnet', '--scale=tiny', '--config.max_epochs=2', '--config.optimizer.learning_rate=1.0']
@@ -67,17 +67,17 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path, data_dir, 
   checker = check_log(str(multi / 'result_0.txt'))
   assert 'SUCCESS' in checker.stdout + checker.stderr, checker.stdout + checker.stderr
   # Process 0 alone writes: every "exactly once" key appears once.
-  events = [json.loads(line.split(':::MLLOG ', 1)[1]) for line in (multi / 'result_0.txt').open()]
+  events = mlperf_log.read_events(str(multi / 'result_0.txt'), strict=True)
   keys = [e['key'] for e in events]
   assert keys.count('run_start') == 1 and keys.count('seed') == 1
   assert next(e['value'] for e in events if e['key'] == 'seed') == seed
 
 
 def test_local_launcher_builds_one_command_per_process():
-  cmds = local.process_commands(['--workload=resnet'], 3, 1234)
+  cmds = local_job.process_commands(['--workload=resnet'], 3, 1234)
   assert [c[-1] for c in cmds] == ['--process_id=0', '--process_id=1', '--process_id=2']
   assert all('--coordinator_address=127.0.0.1:1234' in c and '--num_processes=3' in c for c in cmds)
-  assert local.process_env(4)['XLA_FLAGS'] == '--xla_force_host_platform_device_count=4'
+  assert local_job.process_env(4)['XLA_FLAGS'] == '--xla_force_host_platform_device_count=4'
 
 
 def test_incomplete_distributed_flags_fail_in_one_line():
@@ -88,12 +88,12 @@ def test_incomplete_distributed_flags_fail_in_one_line():
 
 @pytest.mark.slow
 def test_a_dead_peer_stops_the_others_within_the_timeout(tmp_path, data_dir):
-  port = local.free_port()
-  env = local.process_env(2)
+  port = local_job.free_port()
+  env = local_job.process_env(2)
+  args = ['--workload=resnet', '--scale=tiny', '--seed=1', f'--data_dir={data_dir}', f'--output_dir={tmp_path / "run"}']
   procs = [subprocess.Popen(cmd + ['--distributed_timeout_s=10'], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-           for cmd in local.process_commands(['--workload=resnet', '--scale=tiny', '--seed=1', f'--data_dir={data_dir}',
-                                              f'--output_dir={tmp_path / "run"}'], 2, port)]
+           for cmd in local_job.process_commands(args, 2, port)]
   metrics = tmp_path / 'run' / 'metrics.jsonl'
   deadline = time.monotonic() + 600
   while not (metrics.exists() and metrics.read_text().count('"train"') >= 1):  # Training has started.
@@ -130,9 +130,11 @@ def test_sigterm_to_one_process_stops_every_process_at_one_step(tmp_path, data_d
   out = tmp_path / 'run'
   args = [*TINY_RESNET, f'--seed={reference_summary["seed"]}', f'--data_dir={data_dir}', f'--output_dir={out}',
           '--checkpoint_every_steps=8', '--keep_checkpoints=10', '--distributed_timeout_s=60']
-  logs = [open(tmp_path / f'process_{i}.stderr', 'w+', encoding='utf-8') for i in range(2)]  # Not pipes: INFO lines
-  procs = [subprocess.Popen(cmd, cwd=REPO, env=local.process_env(4), stdout=subprocess.DEVNULL, stderr=log)  # would
-           for cmd, log in zip(local.process_commands(args, 2, local.free_port()), logs)]  # fill them and stall.
+  # Not pipes: INFO lines would fill them and stall.
+  logs = [open(tmp_path / f'process_{i}.stderr', 'w+', encoding='utf-8') for i in range(2)]
+  cmds = local_job.process_commands(args, 2, local_job.free_port())
+  procs = [subprocess.Popen(cmd, cwd=REPO, env=local_job.process_env(4), stdout=subprocess.DEVNULL, stderr=log)
+           for cmd, log in zip(cmds, logs)]
   stderr = lambda i: (logs[i].seek(0), logs[i].read())[1]  # noqa: E731
   try:
     _wait_for((out / 'checkpoints' / '8' / 'commit_success.txt').exists, 'checkpoint 8', procs)

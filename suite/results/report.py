@@ -17,10 +17,7 @@ import os
 import sys
 
 import matplotlib
-
-matplotlib.use('Agg')  # Headless: no display on servers or in CI.
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure  # Figures built without pyplot: no backend to pick, none switched on import.
 
 from suite.common import (
   mlperf_log,
@@ -112,7 +109,7 @@ def _resumed_from(run: Run) -> int | None:
 
 
 def _colors(n: int) -> list:
-  cmap = plt.get_cmap('tab10')
+  cmap = matplotlib.colormaps['tab10']
   return [cmap(i % 10) for i in range(n)]
 
 
@@ -123,7 +120,8 @@ def _draw_targets(ax, sets: list[RunSet]) -> None:
 
 def metric_figure(sets: list[RunSet], x: str = 'elapsed_s') -> Figure:
   """Eval metric of every run against wall time since run_start (x='elapsed_s') or epochs (x='epoch')."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
   for rs, color in zip(sets, _colors(len(sets))):
     for i, run in enumerate(rs.runs):
       evals = [e for e in run.evals if x in e]
@@ -141,7 +139,8 @@ def metric_figure(sets: list[RunSet], x: str = 'elapsed_s') -> Figure:
 
 def ttt_figure(sets: list[RunSet]) -> Figure:
   """Time to train of every run (filled: reached target, hollow: did not), one column per set, with its score."""
-  fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(sets) + 2), 4.5))
+  fig = Figure(figsize=(max(4, 1.6 * len(sets) + 2), 4.5))
+  ax = fig.subplots()
   for k, (rs, color) in enumerate(zip(sets, _colors(len(sets)))):
     n = len(rs.runs)
     xs = [k + (i - (n - 1) / 2) * min(0.5 / max(n, 1), 0.1) for i in range(n)]  # Spread so equal times stay visible.
@@ -175,7 +174,8 @@ def training_time_axis(trains: list[dict]) -> list[float]:
 
 def throughput_figure(sets: list[RunSet]) -> Figure:
   """Training samples/s of every run over its training time."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
   for rs, color in zip(sets, _colors(len(sets))):
     for i, run in enumerate(rs.runs):
       trains = run.trains
@@ -253,8 +253,7 @@ def write_report(set_dirs: list[str], out: str, names: list[str] | None = None) 
   written = {}
   for name, fig in build_figures(sets).items():
     written[name] = os.path.join(out, f'{name}.png')
-    fig.savefig(written[name], dpi=100)
-    plt.close(fig)
+    fig.savefig(written[name], dpi=100)  # A Figure without pyplot saves through Agg itself.
   report = os.path.join(out, 'report.md')
   with open(report, 'w', encoding='utf-8') as f:
     f.write(markdown(sets, {n: os.path.basename(p) for n, p in written.items()}))

@@ -20,8 +20,7 @@ import time
 import jax
 from absl import app, flags
 
-from launch import local
-from suite.common import outputs, registry, sharding
+from suite.common import local_job, outputs, registry, sharding
 from suite.common.errors import UserError
 from suite.common.mlperf_log import MLPerfLog
 from suite.training import runner
@@ -89,13 +88,17 @@ def overhead(workload_name: str, scale: str, data_dir: str | None, num_steps: in
           'ratio': suite_s / raw_s, 'suite_step_s_all': suite_times, 'raw_step_s_all': raw_times}
 
 
-def _summary_of(cmd: list[str], env: dict, output_dir: str) -> dict:
-  subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-  path = os.path.join(output_dir, 'summary.json')
+def _read_summary(output_dir: str, what: str) -> dict:
+  path = os.path.join(output_dir, outputs.SUMMARY)
   if not os.path.exists(path):
-    raise UserError(f'scaling run failed: {" ".join(cmd)}')
+    raise UserError(f'scaling run failed: {what} left no {path}')
   with open(path) as f:
     return json.load(f)
+
+
+def _summary_of(cmd: list[str], env: dict, output_dir: str) -> dict:
+  subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+  return _read_summary(output_dir, " ".join(cmd))
 
 
 def scaling(workload_name: str, scale: str, data_dir: str | None, device_counts=(1, 2, 4, 8)) -> dict:
@@ -111,11 +114,11 @@ def scaling(workload_name: str, scale: str, data_dir: str | None, device_counts=
   step_s = {}
   for n in device_counts:
     out = os.path.join(workdir, f'devices_{n}')
-    env = local.process_env(n)
+    env = local_job.process_env(n)
     step_s[n] = _summary_of([sys.executable, '-m', 'suite.main', *base, '--output_dir=' + out], env, out)['step_time_s']
   out = os.path.join(workdir, 'processes_2x4')
-  two = _summary_of([sys.executable, '-m', 'launch.local', '--num_processes=2', '--devices_per_process=4', '--',
-                     *base, '--output_dir=' + out], dict(os.environ), out)['step_time_s']
+  local_job.run_job([*base, '--output_dir=' + out], num_processes=2, devices_per_process=4, output=subprocess.DEVNULL)
+  two = _read_summary(out, 'the 2-process job')['step_time_s']
   one = step_s.get(8)
   return {'benchmark': 'scaling', 'workload': workload_name, 'scale': scale,
           'note': 'fake CPU devices share 2 cores: for regressions only, not a speed-up measure',
