@@ -51,7 +51,7 @@ def trained(tmp_path_factory, data_dir):
 
 def _infer(trained, data_dir, out, *args):
   return run_suite('--workload=resnet', '--scale=tiny', f'--checkpoint={trained}', f'--data_dir={data_dir}',
-                   f'--output_dir={out}', *args, module='suite.inference.run', timeout=300)
+                   f'--output_dir={out}', *args, module='suite.infer', timeout=300)
 
 
 @pytest.mark.slow
@@ -87,7 +87,7 @@ def test_accuracy_mode_reproduces_the_training_eval(trained, data_dir, tmp_path)
   assert accuracy['closed_bound'] == pytest.approx(0.99 * 0.76456)
 
   standalone = run_suite(f'--log={out / "mlperf_log_accuracy.json"}', '--workload=resnet', '--scale=tiny',
-                         f'--data_dir={data_dir}', module='suite.inference.accuracy', timeout=300)
+                         f'--data_dir={data_dir}', module='suite.infer_accuracy', timeout=300)
   assert standalone.returncode == 0, standalone.stderr[-3000:]
   assert json.loads(standalone.stdout)['accuracy'] == accuracy['accuracy']
 
@@ -95,7 +95,7 @@ def test_accuracy_mode_reproduces_the_training_eval(trained, data_dir, tmp_path)
 def test_bad_input_is_one_error_line(tmp_path):
   for args in (['--scenario=Bogus'], ['--scenario=Offline', f'--checkpoint={tmp_path / "missing"}']):
     result = run_suite('--workload=resnet', '--scale=tiny', f'--output_dir={tmp_path / "out"}', *args,
-                       module='suite.inference.run', timeout=120)
+                       module='suite.infer', timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error:'), result.stderr

@@ -31,7 +31,7 @@ def run_set(tmp_path_factory, data_dir):
   """Five short tiny-resnet runs through `python -m suite.runs` (seeds 11..15)."""
   out = tmp_path_factory.mktemp('sets') / 'resnet5'
   result = run_suite('--workload=resnet', '--scale=tiny', '--num_runs=5', '--base_seed=11', f'--output_dir={out}',
-                     '--', f'--data_dir={data_dir}', *SHORT, module='suite.results.runs', timeout=1800)
+                     '--', f'--data_dir={data_dir}', *SHORT, module='suite.runs', timeout=1800)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   return out, result
 
@@ -41,13 +41,13 @@ def package(run_set, tmp_path_factory):
   runs_dir, _ = run_set
   out = tmp_path_factory.mktemp('pkg')
   result = run_suite(f'--runs_dir={runs_dir}', '--org=jaxsuite', '--system=cpu_host', f'--out={out}',
-                     '--set', 'cooling=air', module='suite.results.package')
+                     '--set', 'cooling=air', module='suite.package')
   return out, result
 
 
 def test_bad_input_stops_the_set_with_its_error_line(tmp_path):
   result = run_suite('--workload=resnet', '--scale=tiny', '--num_runs=3', f'--output_dir={tmp_path / "s"}',
-                     '--config.no_such_key=1', module='suite.results.runs')
+                     '--config.no_such_key=1', module='suite.runs')
   assert result.returncode == 2
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and 'no_such_key' in errors[0]
@@ -112,7 +112,7 @@ def test_package_of_fewer_than_five_resnet_runs_fails_the_file_count(run_set, tm
   for k in range(3):
     shutil.copytree(runs_dir / f'run_{k}', three / f'run_{k}', ignore=shutil.ignore_patterns('checkpoints'))
   result = run_suite(f'--runs_dir={three}', '--org=jaxsuite', '--system=cpu_host', f'--out={tmp_path / "pkg"}',
-                     module='suite.results.package')
+                     module='suite.package')
   assert result.returncode == 1
   # The one check that fails: resnet needs exactly 5 result files (mlperf_logging.benchmark_meta).
   assert 'package_checker: FAIL' in result.stdout
@@ -145,7 +145,7 @@ def test_sweep_writes_sqlite_rows_and_a_comparison(tmp_path, data_dir):
   db = tmp_path / 'results.sqlite'
   result = run_suite('--workload=resnet', '--scale=tiny', '--sweep=config.optimizer.learning_rate=4.0,2.0',
                      '--num_runs=1', '--base_seed=21', f'--output_dir={out}', f'--data_dir={data_dir}', *SHORT,
-                     module='suite.results.sweep', timeout=1800)
+                     module='suite.sweep', timeout=1800)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   rows = sqlite3.connect(db).execute(
       'SELECT workload, scale, point, overrides, seed, status, time_to_train_s, final_metric, timestamp '
@@ -258,7 +258,7 @@ def test_a_resumed_run_is_scored_and_recorded_on_wall_time(resumed_set, tmp_path
   assert runs_lib.summarize(records, 'resnet')['resumed_runs'] == [2]
 
   # suite.results.runs --rescore: score.json again from the run folders' logs (e.g. after resuming a run by hand).
-  result = run_suite(f'--output_dir={out}', '--rescore', module='suite.results.runs')
+  result = run_suite(f'--output_dir={out}', '--rescore', module='suite.runs')
   assert result.returncode == 0, result.stdout + result.stderr
   score = json.loads((out / 'score.json').read_text())
   assert score['score_s'] == pytest.approx(expected, abs=1e-3) and score['resumed_runs'] == [2]
@@ -291,7 +291,7 @@ def test_report_reads_times_from_the_log(resumed_set):
 def test_open_package_flags_a_resumed_run(resumed_set, tmp_path):
   out, step, spans = resumed_set
   result = run_suite(f'--runs_dir={out}', '--org=jaxsuite', '--system=cpu_host', f'--out={tmp_path / "pkg"}',
-                     module='suite.results.package')
+                     module='suite.package')
   report = json.loads((tmp_path / 'pkg' / 'package_report.json').read_text())
   assert [(r['run'], r['resumed_from_steps']) for r in report['resumed_runs']] == [('run_2', [step])]
   assert report['resumed_runs'][0]['time_to_train_s'] == pytest.approx(spans[2], abs=1e-3)
@@ -304,7 +304,7 @@ def test_closed_package_refuses_a_resumed_run(tmp_path):
                                       (26.5, 0.7595, 44)])
   make_resumed(tmp_path / 'set' / 'run_1', step=1251, downtime_s=600.0)
   result = run_suite(f'--runs_dir={tmp_path / "set"}', '--org=jaxsuite', '--system=cpu_host',
-                     f'--out={tmp_path / "pkg"}', module='suite.results.package')
+                     f'--out={tmp_path / "pkg"}', module='suite.package')
   assert result.returncode == 2, result.stdout + result.stderr
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error:'), result.stderr

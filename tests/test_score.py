@@ -188,7 +188,7 @@ def write_closed_set(out, runs: list[tuple[float, float, int]]) -> None:
 def _package(runs_dir, out):
   """`python -m suite.package` on the set: the official tools' verdicts and ours, from package_report.json."""
   result = run_suite(f'--runs_dir={runs_dir}', '--org=jaxsuite', '--system=cpu_host', f'--out={out}',
-                     module='suite.results.package')
+                     module='suite.package')
   report = os.path.join(out, 'package_report.json')
   assert os.path.exists(report), result.stdout + result.stderr
   with open(report, encoding='utf-8') as f:

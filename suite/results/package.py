@@ -44,7 +44,7 @@ STATUS = {'onprem': 'Available on-premise', 'cloud': 'Available cloud', 'preview
 SUCCESS_LINE = 'PACKAGE CHECKER FOUND NO ERRORS, SUCCESS !'
 _SOFTWARE = ('flax', 'optax', 'orbax-checkpoint', 'grain', 'tensorflow-datasets', 'numpy', 'mlperf-logging')
 _SOURCE_DIRS = ('suite', 'models', 'input_pipelines')
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # suite/results/ -> repo
 
 
 class PackageError(Exception):
