@@ -6,8 +6,6 @@ import itertools
 import sys
 import threading
 
-from absl import app
-
 from suite.inference import model as infer_model
 
 
@@ -24,9 +22,8 @@ def inject_failures(every: int = 3) -> None:
 
 
 if __name__ == '__main__':
-  from suite import main as suite_main  # pylint: disable=import-outside-toplevel
   from suite.inference import bench as infer_bench  # pylint: disable=import-outside-toplevel
   from suite.inference import run as infer  # pylint: disable=import-outside-toplevel
-  entry = {'infer': infer.main, 'infer_bench': infer_bench.main}[sys.argv.pop(1)]
+  command = {'infer': infer.cli, 'infer_bench': infer_bench.cli}[sys.argv.pop(1)]
   inject_failures()
-  app.run(entry, flags_parser=suite_main.parse_flags)
+  command()

@@ -14,30 +14,41 @@ def leaf_keys(config, prefix: str = '') -> list[str]:
   return keys
 
 
-def check_overrides(argv: list[str], config, where: str) -> None:
-  """Rejects an unknown or non-leaf --config.KEY in one line, before absl would raise a traceback."""
+def check_overrides(argv: list[str], config, where: str, reserved: dict[str, str] | None = None) -> None:
+  """Rejects an unknown or non-leaf --config.KEY in one line, before absl would raise a traceback. `reserved` keys
+  (with why) cannot be overridden; `variant` never can: --variant chooses it."""
   known = leaf_keys(config)
+  reserved = {'variant': f'the variant of {where} is chosen with --variant=NAME, not --config.variant',
+              **(reserved or {})}
   for arg in argv[1:]:
+    if arg == '--':
+      break
     if arg.startswith('--config.'):
       key = arg[len('--config.'):].split('=', 1)[0]
-      if key == 'variant':
-        raise UserError(f'the variant of {where} is chosen with --variant=NAME, not --config.variant')
+      if key in reserved:
+        raise UserError(_one_line(f'--config.{key}: {reserved[key]}'))
       if key not in known:
         group = [k for k in known if k.startswith(key + '.')]
         hint = (f"'{key}' is a group: set one of {', '.join(group)}" if group
-                else f"known keys are {', '.join(known)}")
+                else f"known keys are {', '.join(k for k in known if k not in reserved)}")
         raise UserError(_one_line(f"unknown config key '{key}' for {where}: {hint}"))
 
 
-def parse_with_overrides(argv: list[str], config, where: str, flag_values=flags.FLAGS) -> list[str]:
-  """Defines --config on `config` (locked: no new keys) and parses argv; any bad override becomes a UserError."""
-  check_overrides(argv, config, where)
-  config_flags.DEFINE_config_dict('config', config, 'Workload config; override fields with --config.KEY=VALUE.',
-                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
+def parse_with_overrides(argv: list[str], config, where: str, flag_values=flags.FLAGS,
+                         config_file: bool = False, reserved: dict[str, str] | None = None) -> list[str]:
+  """Defines --config on `config`, or with config_file as the flag of a config file (`--config=path.py[:ARG]`,
+  `config` being what the file returned), locked (no new keys), and parses argv; a bad override is a UserError."""
+  check_overrides(argv, config, where, reserved)
+  if config_file:
+    config_flags.DEFINE_config_file('config', None, 'Config file path/to/config.py[:ARG]; override fields with '
+                                    '--config.KEY=VALUE.', flag_values=flag_values, lock_config=True, sys_argv=argv)
+  else:
+    config_flags.DEFINE_config_dict('config', config, 'Workload config; override fields with --config.KEY=VALUE.',
+                                    flag_values=flag_values, lock_config=True, sys_argv=argv)
   try:
     return flag_values(argv)
   except flags.Error as e:
-    raise UserError(_one_line(f'{e} (see --helpfull)')) from None
+    raise UserError(_one_line(f'{e} (see --help)')) from None
   except (TypeError, ValueError, AttributeError, KeyError) as e:
     raise UserError(_one_line(f'bad --config override for {where}: {e}')) from None
 

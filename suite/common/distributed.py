@@ -9,6 +9,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from suite.common.cli import first_line
 from suite.common.errors import UserError
 
 
@@ -36,9 +37,8 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
                                process_id=process_id, initialization_timeout=timeout_s,
                                heartbeat_timeout_seconds=timeout_s, shutdown_timeout_seconds=timeout_s)
   except Exception as e:  # pylint: disable=broad-except
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UserError(f'could not join the distributed job at {coordinator_address} within {timeout_s} s '
-                    f'({first_line}): check that every process was started with the same --coordinator_address '
+                    f'({first_line(e)}): check that every process was started with the same --coordinator_address '
                     'and --num_processes') from None
 
 

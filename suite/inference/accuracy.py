@@ -1,15 +1,15 @@
 """Scores LoadGen's mlperf_log_accuracy.json by the workload's own metric, against the closed bound.
 
 `python -m suite.infer_accuracy --log=DIR/mlperf_log_accuracy.json --workload=resnet --scale=tiny` scores a
-finished accuracy run standalone (the workload flags are suite.main's); `suite.inference.run` calls `score` itself.
+finished accuracy run standalone (the workload flags are those of every workload command, suite.common.cli);
+`suite.inference.run` calls `score` itself.
 """
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from suite import main as suite_main
+from suite.common import cli as cli_lib
 from suite.common.errors import UserError
 from suite.workloads.base import Workload
 
@@ -42,8 +42,8 @@ def score(workload: Workload, responses: dict[int, bytes]) -> dict:
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-  """Only when run as a program: suite.inference.run imports this module and has its own --log-free flag set."""
+def define_flags() -> None:
+  """Only when run as a program (beside the workload flags): suite.inference.run imports this module."""
   flags.DEFINE_string('log', None, 'mlperf_log_accuracy.json of an --mode=accuracy run.')
 
 
@@ -53,17 +53,22 @@ def main(argv) -> int:
   try:
     if not FLAGS.log:
       raise UserError('pass --log=DIR/mlperf_log_accuracy.json')
-    workload = registry.make_workload(FLAGS.workload, FLAGS.config, FLAGS.scale)
+    workload = registry.make_workload(FLAGS.workload, cli_lib.workload_config(), FLAGS.scale)
     workload.open_data(FLAGS.data_dir)
     result = score(workload, read_accuracy_log(FLAGS.log))
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    cli_lib.print_error(str(e))
+    return cli_lib.EXIT_BAD_INPUT
   print(json.dumps(result, indent=2, sort_keys=True))
-  return 0
+  return cli_lib.EXIT_OK
 
 
 def cli() -> None:
   """The `python -m suite.infer_accuracy` command."""
-  _define_flags()
-  app.run(main, flags_parser=suite_main.parse_flags)
+  cli_lib.define_workload_flags()
+  define_flags()
+  cli_lib.run(main, __doc__, flags_parser=cli_lib.parse_workload_flags, extra_help=cli_lib.CONFIG_HELP)
+
+
+if __name__ == '__main__':
+  cli()

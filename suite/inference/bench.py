@@ -13,18 +13,22 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
-from suite import main as suite_main
+from suite.common import cli as cli_lib
 from suite.common.errors import UserError
 from suite.inference import loadgen as infer_loadgen
 from suite.inference import run as infer_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_float('offline_seconds', 5.0, 'Minimum duration of the Offline test and of the bare loop.')
-flags.DEFINE_float('server_seconds', 3.0, 'Minimum duration of each Server test.')
-flags.DEFINE_string('server_fractions', '0.2,0.4,0.6,0.8', 'Server target QPS tried, as fractions of the bare '
-                    'Offline throughput; the highest VALID one is reported.')
+
+
+def define_flags() -> None:
+  """The bench's own flags, beside the workload flags and suite.inference.run's (its model and SUT flags)."""
+  flags.DEFINE_float('offline_seconds', 5.0, 'Minimum duration of the Offline test and of the bare loop.')
+  flags.DEFINE_float('server_seconds', 3.0, 'Minimum duration of each Server test.')
+  flags.DEFINE_string('server_fractions', '0.2,0.4,0.6,0.8', 'Server target QPS tried, as fractions of the bare '
+                      'Offline throughput; the highest VALID one is reported.')
 
 
 def bare_loop(predictor, batches: list, min_seconds: float) -> float:
@@ -120,17 +124,26 @@ def main(argv) -> int:
         cache_dir=FLAGS.cache_dir, user_conf=FLAGS.user_conf, platform=FLAGS.platform,
         server_batch_size=FLAGS.server_batch_size, server_batch_timeout_ms=FLAGS.server_batch_timeout_ms,
         offline_batch_size=FLAGS.offline_batch_size)
-    suite_main.select_platform(options.platform)
+    cli_lib.select_platform(options.platform)
     sys.setswitchinterval(1e-4)  # As suite.inference.run: GIL hand-offs between LoadGen's and the SUT's threads.
-    result = run(registry.make_workload(options.workload, FLAGS.config, options.scale), options,
+    result = run(registry.make_workload(options.workload, cli_lib.workload_config(), options.scale), options,
                  FLAGS.offline_seconds, FLAGS.server_seconds, [float(f) for f in FLAGS.server_fractions.split(',')])
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    cli_lib.print_error(str(e))
+    return cli_lib.EXIT_BAD_INPUT
   print(json.dumps(result, indent=2), flush=True)
-  return 0 if result['offline_valid'] else 1  # The Offline figure is the bench's point; Server sweeps past VALID.
+  # The Offline figure is the bench's point; Server sweeps past VALID.
+  return cli_lib.EXIT_OK if result['offline_valid'] else cli_lib.EXIT_ABORTED
 
 
 def cli() -> None:
   """The `python -m suite.infer_bench` command."""
-  app.run(main, flags_parser=suite_main.parse_flags)
+  cli_lib.define_workload_flags()
+  cli_lib.define_output_flags('a new temporary folder')
+  infer_lib.define_flags()
+  define_flags()
+  cli_lib.run(main, __doc__, flags_parser=cli_lib.parse_workload_flags, extra_help=cli_lib.CONFIG_HELP)
+
+
+if __name__ == '__main__':
+  cli()

@@ -2,8 +2,8 @@
 
 LoadGen generates the traffic and writes its logs; the suite provides the QSL (the eval split, preprocessed as
 training's eval does it) and the SUT (the forward compiled ahead of time for the scenario's batch sizes). The
-workload flags (--workload, --scale, --variant, --config.KEY, --platform, --data_dir, --output_dir) are
-suite.main's. Bad input ends in one `error:` line and exit status 2.
+workload flags (--workload, --scale, --variant, --config, --config.KEY, --platform, --data_dir) are those of every
+workload command (suite.common.cli). Exit status: 0 VALID, 1 INVALID, 2 bad input (one `error:` line).
 """
 
 import dataclasses
@@ -12,37 +12,41 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from suite import main as suite_main
+from suite.common import cli as cli_lib
 from suite.common.errors import UserError
 from suite.inference import loadgen as infer_loadgen
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('scenario', None, list(infer_loadgen.SCENARIOS), 'LoadGen scenario.')
-flags.DEFINE_enum('mode', 'performance', list(infer_loadgen.MODES), 'performance: timing and validity; '
-                  'accuracy: every sample once, scored against the closed bound.')
-flags.DEFINE_string('checkpoint', None, 'Output dir of a training run (its checkpoints/ are restored). Default '
-                    'for --scale=tiny: a tiny model trained once into --cache_dir.')
-flags.DEFINE_string('cache_dir', None, 'Where the default tiny model is trained and kept '
-                    '(default: $XDG_CACHE_HOME/mlperf_jax_suite or ~/.cache/mlperf_jax_suite).')
-flags.DEFINE_string('user_conf', None, "LoadGen user.conf layered over the official mlperf.conf (keys use LoadGen's "
-                    "model names: resnet50, retinanet).")
-flags.DEFINE_integer('min_duration_ms', None, 'LoadGen minimum test duration (official: 600000).')
-flags.DEFINE_integer('min_query_count', None, 'LoadGen minimum query count.')
-flags.DEFINE_integer('max_query_count', None, 'LoadGen maximum query count (0: none).')
-flags.DEFINE_float('target_qps', None, 'Server: scheduled queries/s; Offline: expected samples/s '
-                   '(default: calibrated from measured latency).')
-flags.DEFINE_float('expected_latency_ms', None, 'SingleStream/MultiStream expected latency per query '
-                   '(default: calibrated).')
-flags.DEFINE_float('server_target_latency_ms', None, 'Server p99 latency bound (official: 15 for resnet50, '
-                   '100 for retinanet).')
-flags.DEFINE_integer('samples_per_query', None, 'MultiStream samples per query (official: 8).')
-flags.DEFINE_integer('performance_sample_count', None, 'Samples LoadGen keeps loaded (default: mlperf.conf, '
-                     'capped at the eval split).')
-flags.DEFINE_integer('server_batch_size', 16, 'Server: the largest dynamic batch.')
-flags.DEFINE_float('server_batch_timeout_ms', 2.0, 'Server: the longest a queued sample waits for a fuller batch.')
-flags.DEFINE_integer('offline_batch_size', 128, 'Offline: the batch size.')
+
+
+def define_flags() -> None:
+  """The LoadGen test's flags, beside the workload flags (suite.common.cli); suite.inference.bench uses them too."""
+  flags.DEFINE_enum('scenario', None, list(infer_loadgen.SCENARIOS), 'LoadGen scenario.')
+  flags.DEFINE_enum('mode', 'performance', list(infer_loadgen.MODES), 'performance: timing and validity; '
+                    'accuracy: every sample once, scored against the closed bound.')
+  flags.DEFINE_string('checkpoint', None, 'Output dir of a training run (its checkpoints/ are restored). Default '
+                      'for --scale=tiny: a tiny model trained once into --cache_dir.')
+  flags.DEFINE_string('cache_dir', None, 'Where the default tiny model is trained and kept '
+                      '(default: $XDG_CACHE_HOME/mlperf_jax_suite or ~/.cache/mlperf_jax_suite).')
+  flags.DEFINE_string('user_conf', None, "LoadGen user.conf layered over the official mlperf.conf (keys use LoadGen's "
+                      "model names: resnet50, retinanet).")
+  flags.DEFINE_integer('min_duration_ms', None, 'LoadGen minimum test duration (official: 600000).')
+  flags.DEFINE_integer('min_query_count', None, 'LoadGen minimum query count.')
+  flags.DEFINE_integer('max_query_count', None, 'LoadGen maximum query count (0: none).')
+  flags.DEFINE_float('target_qps', None, 'Server: scheduled queries/s; Offline: expected samples/s '
+                     '(default: calibrated from measured latency).')
+  flags.DEFINE_float('expected_latency_ms', None, 'SingleStream/MultiStream expected latency per query '
+                     '(default: calibrated).')
+  flags.DEFINE_float('server_target_latency_ms', None, 'Server p99 latency bound (official: 15 for resnet50, '
+                     '100 for retinanet).')
+  flags.DEFINE_integer('samples_per_query', None, 'MultiStream samples per query (official: 8).')
+  flags.DEFINE_integer('performance_sample_count', None, 'Samples LoadGen keeps loaded (default: mlperf.conf, '
+                       'capped at the eval split).')
+  flags.DEFINE_integer('server_batch_size', 16, 'Server: the largest dynamic batch.')
+  flags.DEFINE_float('server_batch_timeout_ms', 2.0, 'Server: the longest a queued sample waits for a fuller batch.')
+  flags.DEFINE_integer('offline_batch_size', 128, 'Offline: the batch size.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,20 +239,31 @@ def main(argv) -> int:
     options = options_from_flags()
     if options.checkpoint and not os.path.isdir(options.checkpoint):
       raise UserError(f'--checkpoint={options.checkpoint} does not exist: pass the --output_dir of a training run')
-    suite_main.select_platform(options.platform)
+    cli_lib.select_platform(options.platform)
     # LoadGen's threads, the batcher and the completer hand the GIL to each other per query: the default 5 ms
     # switch interval would add up to that much to every latency.
     sys.setswitchinterval(1e-4)
-    summary = run(registry.make_workload(options.workload, FLAGS.config, options.scale), options)
+    summary = run(registry.make_workload(options.workload, cli_lib.workload_config(), options.scale), options)
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    cli_lib.print_error(str(e))
+    return cli_lib.EXIT_BAD_INPUT
   print(human_line(summary), flush=True)
   print(json.dumps({k: summary[k] for k in ('scenario', 'mode', 'result', 'headline', 'headline_value',
                                             'errors', 'reason')}), flush=True)
-  return 0 if summary['valid'] else 1
+  return cli_lib.EXIT_OK if summary['valid'] else cli_lib.EXIT_ABORTED
+
+
+def define_all_flags() -> None:
+  cli_lib.define_workload_flags()
+  cli_lib.define_output_flags('runs/infer-<workload>-<scale>-<scenario>-<mode>-<time>')
+  define_flags()
 
 
 def cli() -> None:
   """The `python -m suite.infer` command."""
-  app.run(main, flags_parser=suite_main.parse_flags)
+  define_all_flags()
+  cli_lib.run(main, __doc__, flags_parser=cli_lib.parse_workload_flags, extra_help=cli_lib.CONFIG_HELP)
+
+
+if __name__ == '__main__':
+  cli()

@@ -13,7 +13,6 @@ the summarizer's. A run resumed from a checkpoint is not one continuous run: ref
 flagged for the open one.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -21,6 +20,9 @@ import shutil
 import subprocess
 import sys
 
+from absl import flags
+
+from suite.common import cli as cli_lib
 from suite.common import mlperf_log, outputs, provenance, registry
 from suite.common.errors import UserError
 from suite.results import runs as runs_lib
@@ -443,24 +445,38 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
   return pairs
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m suite.package', description=__doc__.splitlines()[0])
-  parser.add_argument('--runs_dir', required=True, help='a suite.results.runs output folder (run_<k>/result_0.txt)')
-  parser.add_argument('--org', required=True, help='submitter (folder name and the system description)')
-  parser.add_argument('--system', required=True, help='system name (systems/<system>.json, results/<system>/)')
-  parser.add_argument('--out', required=True, help='folder that will hold <org>/')
-  parser.add_argument('--division', choices=['open', 'closed'], help='must match the logs (default: theirs)')
-  parser.add_argument('--status', choices=sorted(STATUS), help='availability (default: the logged status)')
-  parser.add_argument('--impl', default='jax', help='implementation folder name')
-  parser.add_argument('--ruleset', help='checker ruleset (default: the benchmark\'s, e.g. resnet 4.0.0)')
-  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
-                      help='set a system-description field, e.g. --set cooling=air (repeatable)')
-  parser.add_argument('--no_check', action='store_true', help='build only; do not run the official tools')
-  return parser.parse_args(argv)
+FLAGS = flags.FLAGS
+_REQUIRED = {'runs_dir': 'a suite.runs output folder', 'org': 'the submitter', 'system': 'the system name',
+             'out': 'the folder that will hold <org>/'}
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('runs_dir', None, 'A suite.runs output folder (run_<k>/result_0.txt); required.')
+  flags.DEFINE_string('org', None, 'Submitter (folder name and the system description); required.')
+  flags.DEFINE_string('system', None, 'System name (systems/<system>.json, results/<system>/); required.')
+  flags.DEFINE_string('out', None, 'Folder that will hold <org>/; required.')
+  flags.DEFINE_enum('division', None, ['open', 'closed'], 'Must match the logs (default: theirs).')
+  flags.DEFINE_enum('status', None, sorted(STATUS), 'Availability (default: the logged status).')
+  flags.DEFINE_string('impl', 'jax', 'Implementation folder name.')
+  flags.DEFINE_string('ruleset', None, "Checker ruleset (default: the benchmark's, e.g. resnet 4.0.0).")
+  flags.DEFINE_multi_string('set', [], 'FIELD=VALUE: set a system-description field, e.g. --set cooling=air')
+  flags.DEFINE_bool('no_check', False, 'Build only; do not run the official tools.')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing (bad or unknown flag: one `error:` line, exit 2), then the required flags."""
+  rest = cli_lib.parse_flags(argv)
+  missing = [f'--{name}=... ({what})' for name, what in _REQUIRED.items() if FLAGS[name].value is None]
+  if missing:
+    cli_lib.fail(f"pass {', '.join(missing)}")
+  if len(rest) > 1:
+    cli_lib.fail(f"unexpected argument(s) {' '.join(rest[1:])}: every input is a --flag (see --help)")
+  return rest
 
 
 def main(argv: list[str]) -> int:
-  args = parse_args(argv)
+  del argv
+  args = FLAGS
   try:
     package = build(args.runs_dir, args.org, args.system, args.out, args.division, args.status, args.impl,
                     parse_overrides(args.set))
@@ -468,18 +484,23 @@ def main(argv: list[str]) -> int:
     if not ruleset:
       raise PackageError(f"no default ruleset for benchmark {package['benchmark']}: pass --ruleset")
   except PackageError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    cli_lib.print_error(str(e))
+    return cli_lib.EXIT_BAD_INPUT
   if args.no_check:
     print('\n'.join([f"package written to {package['out']}/{package['org']}", *resumed_lines(package)]))
-    return 0
+    return cli_lib.EXIT_OK
   verdicts = check(package, ruleset)
   outputs.write_json(os.path.join(package['out'], 'package_report.json'), {**package, 'verdicts': verdicts},
                      sort_keys=False)
   print(format_verdicts(package, verdicts))
-  return 0 if verdicts['package_checker']['passed'] else 1
+  return cli_lib.EXIT_OK if verdicts['package_checker']['passed'] else cli_lib.EXIT_ABORTED
 
 
 def cli() -> None:
   """The `python -m suite.package` command."""
-  sys.exit(main(sys.argv[1:]))
+  define_flags()
+  cli_lib.run(main, __doc__, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  cli()

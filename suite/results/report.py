@@ -10,15 +10,15 @@ run_start to the last run_stop, and eval points are placed at their eval_accurac
 checkpoint is thus shown on the wall clock, the time it was down included, and is marked in the table and figure.
 """
 
-import argparse
 import dataclasses
 import json
 import os
-import sys
 
 import matplotlib
+from absl import flags
 from matplotlib.figure import Figure  # Figures built without pyplot: no backend to pick, none switched on import.
 
+from suite.common import cli as cli_lib
 from suite.common import (
   mlperf_log,
   outputs,
@@ -267,20 +267,33 @@ def default_out(set_dirs: list[str]) -> str:
   return os.path.join(os.path.commonpath([os.path.abspath(d) for d in set_dirs]), 'report')
 
 
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('out', None, 'Report folder (default: DIR/report, or <common parent>/report).')
+
+
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog='python -m suite.report', description=__doc__.splitlines()[0])
-  parser.add_argument('dirs', nargs='+', help='suite.results.runs output folders (the first is the baseline)')
-  parser.add_argument('--out', help='report folder (default: DIR/report, or <common parent>/report)')
-  args = parser.parse_args(argv)
+  """argv: the program, then the set folders (suite.runs output folders; the first is the baseline)."""
+  dirs = argv[1:]
+  if not dirs:
+    cli_lib.print_error('name one or more run-set folders: python -m suite.report DIR [DIR ...] [--out=DIR]')
+    return cli_lib.EXIT_BAD_INPUT
   try:
-    written = write_report(args.dirs, args.out or default_out(args.dirs))
+    written = write_report(dirs, FLAGS.out or default_out(dirs))
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    cli_lib.print_error(str(e))
+    return cli_lib.EXIT_BAD_INPUT
   print(f"report: {written['report']}")
-  return 0
+  return cli_lib.EXIT_OK
 
 
 def cli() -> None:
   """The `python -m suite.report` command."""
-  sys.exit(main(sys.argv[1:]))
+  define_flags()
+  cli_lib.run(main, __doc__)
+
+
+if __name__ == '__main__':
+  cli()

@@ -12,7 +12,6 @@ timed on the wall clock, the time it was down included (the rules do not let the
 one of the set's runs by hand.
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -22,6 +21,9 @@ import sys
 import time
 from collections.abc import Callable
 
+from absl import flags
+
+from suite.common import cli as cli_lib
 from suite.common import mlperf_log, outputs
 from suite.common.errors import UserError
 from suite.results import score as score_lib
@@ -225,24 +227,35 @@ def rescore(output_dir: str) -> dict:
   return result
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(prog='python -m suite.runs', description=__doc__.splitlines()[0])
-  parser.add_argument('--workload', default='resnet')
-  parser.add_argument('--scale', default='full', choices=['full', 'tiny'])
-  parser.add_argument('--num_runs', type=int, default=None,
-                      help='runs in the set (default: the benchmark\'s count in an MLPerf package, e.g. resnet 5)')
-  parser.add_argument('--output_dir', required=True, help='the set goes here: run_<k>/ and score.json')
-  parser.add_argument('--base_seed', type=int, default=None,
-                      help='seeds base_seed, base_seed+1, ... (default: distinct random seeds)')
-  parser.add_argument('--rescore', action='store_true',
-                      help='run nothing: rewrite --output_dir/score.json from its run folders (e.g. after --resume)')
-  args, extra = parser.parse_known_args(argv)
-  if args.num_runs is not None and args.num_runs < 1:
-    parser.error('--num_runs must be at least 1')
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """This command's flags; every other flag goes to each run."""
+  cli_lib.define_workload_and_scale(flag_values=flag_values)
+  flags.DEFINE_integer('num_runs', None, "Runs in the set (default: the benchmark's count in an MLPerf package, "
+                       'e.g. resnet 5).', lower_bound=1, flag_values=flag_values)
+  flags.DEFINE_string('output_dir', None, 'The set goes here: run_<k>/ and score.json (required).',
+                      flag_values=flag_values)
+  flags.DEFINE_integer('base_seed', None, 'Seeds base_seed, base_seed+1, ... (default: distinct random seeds).',
+                       flag_values=flag_values)
+  flags.DEFINE_bool('rescore', False, 'Run nothing: rewrite --output_dir/score.json from its run folders (e.g. '
+                    'after --resume).', flag_values=flag_values)
+
+
+def parse_args(argv: list[str], flag_values: flags.FlagValues | None = None) -> tuple[flags.FlagValues, list[str]]:
+  """This command's flags from `argv` (no program name; into a fresh FlagValues unless given one) and the flags
+  passed to every run, without a `--` before them. Bad input: one `error:` line and exit status 2."""
+  if flag_values is None:
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+  extra = [a for a in cli_lib.parse_flags(['suite.runs', *argv], flag_values, known_only=True)[1:] if a != '--']
+  if flag_values.output_dir is None:
+    cli_lib.fail("pass --output_dir=DIR: the set's folder (run_<k>/ and score.json)")
   reserved = [a for a in extra if a.split('=')[0] in ('--seed', '--output_dir')]
   if reserved:
-    parser.error(f'{", ".join(reserved)}: set per run by suite.results.runs (use --base_seed and --output_dir)')
-  return args, [a for a in extra if a != '--']
+    cli_lib.fail(f'{", ".join(reserved)}: set per run by suite.runs (use --base_seed and --output_dir)')
+  return flag_values, extra
 
 
 def format_result(result: dict) -> str:
@@ -258,20 +271,25 @@ def format_result(result: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-  args, extra = parse_args(argv)
+  """argv: the program, then the flags passed to every run."""
   try:
-    if args.rescore:
-      result = rescore(args.output_dir)
+    if FLAGS.rescore:
+      result = rescore(FLAGS.output_dir)
     else:
-      result = run_set(args.workload, args.scale, args.num_runs, args.output_dir, args.base_seed, extra)
+      result = run_set(FLAGS.workload, FLAGS.scale, FLAGS.num_runs, FLAGS.output_dir, FLAGS.base_seed, argv[1:])
   except (BadInput, UserError) as e:
-    print(e if str(e).startswith('error:') else f'error: {e}', file=sys.stderr)
-    return 2
+    cli_lib.print_error(str(e))
+    return cli_lib.EXIT_BAD_INPUT
   print(json.dumps({k: v for k, v in result.items() if k != 'runs'}, indent=2))
   print(format_result(result))
-  return 0 if result['score_s'] is not None else 1
+  return cli_lib.EXIT_OK if result['score_s'] is not None else cli_lib.EXIT_ABORTED
 
 
 def cli() -> None:
   """The `python -m suite.runs` command."""
-  sys.exit(main(sys.argv[1:]))
+  define_flags()
+  cli_lib.run(main, __doc__, flags_parser=lambda argv: [argv[0], *parse_args(argv[1:], FLAGS)[1]])
+
+
+if __name__ == '__main__':
+  cli()

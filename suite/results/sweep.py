@@ -7,7 +7,6 @@ can be compared with earlier ones. Every point uses the same seeds (paired compa
 points is not a difference of seeds). Unknown flags go to every run, as with suite.results.runs.
 """
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -17,6 +16,9 @@ import sqlite3
 import sys
 import time
 
+from absl import flags
+
+from suite.common import cli as cli_lib
 from suite.common import outputs
 from suite.results import report as report_lib
 from suite.results import runs as runs_lib
@@ -135,34 +137,51 @@ def run_sweep(workload: str, scale: str, points: list[Point], num_runs: int | No
   return sweep
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(prog='python -m suite.sweep', description=__doc__.splitlines()[0])
-  parser.add_argument('--workload', default='resnet')
-  parser.add_argument('--scale', default='full', choices=['full', 'tiny'])
-  parser.add_argument('--sweep', action='append', required=True, metavar='KEY=V1,V2,...',
-                      help='one axis of the grid (repeatable); KEY is a suite.main flag, e.g. config.optimizer.name')
-  parser.add_argument('--num_runs', type=int, default=None, help='runs per point (default: the benchmark\'s count)')
-  parser.add_argument('--output_dir', required=True)
-  parser.add_argument('--base_seed', type=int, default=None, help='seeds of every point (default: one random draw)')
-  parser.add_argument('--results_db', default=None, help='SQLite file (default: <output_dir>/../results.sqlite)')
-  args, extra = parser.parse_known_args(argv)
-  return args, [a for a in extra if a != '--']
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """This command's flags; every other flag goes to each run."""
+  cli_lib.define_workload_and_scale(flag_values=flag_values)
+  flags.DEFINE_multi_string('sweep', [], 'KEY=V1,V2,...: one axis of the grid (required); KEY is a '
+                            'suite.main flag, e.g. config.optimizer.name=sgd,lars.', flag_values=flag_values)
+  flags.DEFINE_integer('num_runs', None, "Runs per point (default: the benchmark's count).", lower_bound=1,
+                       flag_values=flag_values)
+  flags.DEFINE_string('output_dir', None, 'The sweep goes here: one folder per point, report/ and sweep.json '
+                      '(required).', flag_values=flag_values)
+  flags.DEFINE_integer('base_seed', None, 'Seeds of every point (default: one random draw).', flag_values=flag_values)
+  flags.DEFINE_string('results_db', None, 'SQLite file (default: <output_dir>/../results.sqlite).',
+                      flag_values=flag_values)
+
+
+def parse_args(argv: list[str], flag_values: flags.FlagValues | None = None) -> tuple[flags.FlagValues, list[str]]:
+  """This command's flags from `argv` (no program name; into a fresh FlagValues unless given one) and the flags
+  passed to every run, without a `--` before them. Bad input: one `error:` line and exit status 2."""
+  if flag_values is None:
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+  extra = [a for a in cli_lib.parse_flags(['suite.sweep', *argv], flag_values, known_only=True)[1:] if a != '--']
+  if not flag_values.sweep:
+    cli_lib.fail("pass --sweep=KEY=V1,V2,... (e.g. --sweep='config.optimizer.learning_rate=0.1,0.2')")
+  if flag_values.output_dir is None:
+    cli_lib.fail("pass --output_dir=DIR: the sweep's folder")
+  return flag_values, extra
 
 
 def main(argv: list[str]) -> int:
-  args, extra = parse_args(argv)
+  """argv: the program, then the flags passed to every run."""
   try:
-    points = grid([parse_axis(s) for s in args.sweep])
+    points = grid([parse_axis(s) for s in FLAGS.sweep])
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  db_path = args.results_db or os.path.join(os.path.dirname(os.path.abspath(args.output_dir)), 'results.sqlite')
+    cli_lib.print_error(str(e))
+    return cli_lib.EXIT_BAD_INPUT
+  db_path = FLAGS.results_db or os.path.join(os.path.dirname(os.path.abspath(FLAGS.output_dir)), 'results.sqlite')
   try:
-    sweep = run_sweep(args.workload, args.scale, points, args.num_runs, args.output_dir, db_path, args.base_seed,
-                      extra)
+    sweep = run_sweep(FLAGS.workload, FLAGS.scale, points, FLAGS.num_runs, FLAGS.output_dir, db_path,
+                      FLAGS.base_seed, argv[1:])
   except runs_lib.BadInput as e:
-    print(e if str(e).startswith('error:') else f'error: {e}', file=sys.stderr)
-    return 2
+    cli_lib.print_error(str(e))
+    return cli_lib.EXIT_BAD_INPUT
   base = sweep['points'][0]['score_s']
   for p in sweep['points']:
     ratio = f"{p['score_s'] / base:.3f}x" if p['score_s'] is not None and base else '-'
@@ -171,9 +190,14 @@ def main(argv: list[str]) -> int:
     print(f"{p['point']}: score {score} ({ratio} of the first), {p['converged_runs']}/{p['num_runs']} reached "
           f'target{resumed}')
   print(f"report: {sweep['report']}; rows in {sweep['results_db']} (sweep_id {sweep['sweep_id']})")
-  return 0
+  return cli_lib.EXIT_OK
 
 
 def cli() -> None:
   """The `python -m suite.sweep` command."""
-  sys.exit(main(sys.argv[1:]))
+  define_flags()
+  cli_lib.run(main, __doc__, flags_parser=lambda argv: [argv[0], *parse_args(argv[1:], FLAGS)[1]])
+
+
+if __name__ == '__main__':
+  cli()

@@ -18,8 +18,9 @@ import tempfile
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 
+from suite.common import cli as cli_lib
 from suite.common import local_job, outputs, registry, sharding
 from suite.common.errors import UserError
 from suite.common.mlperf_log import MLPerfLog
@@ -28,12 +29,15 @@ from suite.training.clock import Clock
 from suite.training.steps import compile_steps, make_train_step
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workload', 'resnet', 'Workload to measure.')
-flags.DEFINE_enum('scale', 'tiny', ['full', 'tiny'], 'Workload scale.')
-flags.DEFINE_string('data_dir', None, 'TFDS data folder.')
-flags.DEFINE_integer('steps', 40, 'Steps per timed repetition.')
-flags.DEFINE_integer('repeats', 3, 'Interleaved repetitions of each loop; the median is reported.')
-flags.DEFINE_integer('host_batches', 8, 'Distinct host batches cycled through by both loops.')
+
+
+def define_flags() -> None:
+  """Defined by `cli()` only: importing this module beside suite.main (tests) defines no flags."""
+  cli_lib.define_workload_and_scale(scale_default='tiny')
+  flags.DEFINE_string('data_dir', None, 'TFDS data folder.')
+  flags.DEFINE_integer('steps', 40, 'Steps per timed repetition.')
+  flags.DEFINE_integer('repeats', 3, 'Interleaved repetitions of each loop; the median is reported.')
+  flags.DEFINE_integer('host_batches', 8, 'Distinct host batches cycled through by both loops.')
 
 
 def _suite_loop(compiled, state, host_batches, num_steps, monitor):
@@ -133,9 +137,9 @@ BENCHMARKS = ('overhead', 'scaling')
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in BENCHMARKS:
-    print(f'usage: python -m suite.bench {{{"|".join(BENCHMARKS)}}} [--workload=...] [--scale=...]',
-          file=sys.stderr)
-    return 2
+    cli_lib.print_error(f'name one benchmark: python -m suite.bench {{{"|".join(BENCHMARKS)}}} [--workload=...] '
+                        '[--scale=...]')
+    return cli_lib.EXIT_BAD_INPUT
   try:
     if argv[1] == 'scaling':
       result = scaling(FLAGS.workload, FLAGS.scale, FLAGS.data_dir)
@@ -143,12 +147,17 @@ def main(argv):
       result = overhead(FLAGS.workload, FLAGS.scale, FLAGS.data_dir, FLAGS.steps, FLAGS.repeats,
                         FLAGS.host_batches)
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    cli_lib.print_error(str(e))
+    return cli_lib.EXIT_BAD_INPUT
   print(json.dumps(result, indent=2))
-  return 0
+  return cli_lib.EXIT_OK
 
 
 def cli() -> None:
   """The `python -m suite.bench` command."""
-  app.run(main)
+  define_flags()
+  cli_lib.run(main, __doc__)
+
+
+if __name__ == '__main__':
+  cli()

@@ -17,8 +17,9 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
+from suite.common import cli as cli_lib
 from suite.common import mlperf_log, outputs
 
 FLAGS = flags.FLAGS
@@ -342,7 +343,9 @@ def main(argv):
   total_steps = FLAGS.max_epochs * STEPS_PER_EPOCH
   every = FLAGS.checkpoint_every_steps
   if total_steps <= 2 * every:
-    raise app.UsageError(f'--checkpoint_every_steps={every} leaves fewer than two checkpoints before the end')
+    cli_lib.print_error(f'--checkpoint_every_steps={every} leaves fewer than two checkpoints in --max_epochs='
+                        f'{FLAGS.max_epochs} ({total_steps} steps): lower it or raise --max_epochs')
+    return cli_lib.EXIT_BAD_INPUT
   start = time.monotonic()
   reference_out = os.path.join(work_dir, 'uninterrupted')
   code, stderr = runner.run(reference_out)  # Also writes the dataset and fills the compilation cache.
@@ -369,4 +372,8 @@ def main(argv):
 def cli() -> None:
   """The `python -m suite.faults` command."""
   define_flags()
-  app.run(main)
+  cli_lib.run(main, __doc__)
+
+
+if __name__ == '__main__':
+  cli()

@@ -6,6 +6,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from suite.common.cli import first_line
 from suite.common.errors import UserError
 
 CHECKPOINTS = 'checkpoints'
@@ -46,8 +47,8 @@ def restore_latest_valid(directory: str, abstract_state) -> tuple[object, dict]:
                                                             meta=ocp.args.JsonRestore()))
       return restored['state'], dict(restored['meta'])
     except Exception as e:  # pylint: disable=broad-except
-      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-      logging.warning('checkpoint %s/%d cannot be read (%s): trying an older one', directory, step, first_line)
+      logging.warning('checkpoint %s/%d cannot be read (%s): trying an older one', directory, step,
+                      first_line(e, 200))
   raise UserError(f'no readable checkpoint in {directory} (tried steps {steps}): they are corrupt or from another '
                   'workload/config')
 
