@@ -24,7 +24,7 @@ from collections.abc import Callable
 from absl import flags
 
 from suite.common import cli as cli_lib
-from suite.common import mlperf_log, outputs
+from suite.common import console, mlperf_log, outputs
 from suite.common.errors import UserError
 from suite.results import score as score_lib
 
@@ -82,16 +82,21 @@ def eval_metric_name(record: dict) -> str | None:
 
 
 def progress_line(spec: RunSpec, num_runs: int, records: list[dict], elapsed_s: float, width: int = 20) -> str:
-  """`run 2/5 [#####.....] epoch 1.50  top1 0.4805  12 s` from the run's metrics.jsonl so far."""
+  """`run 2/5 [#####.....] seed 7  epoch 1.50  top1 0.4805  12 s` from the run's metrics.jsonl so far."""
   done = spec.index / num_runs
   bar = '#' * round(done * width) + '.' * (width - round(done * width))
+  return f'run {spec.index + 1}/{num_runs} [{bar}] {run_status(spec, records, elapsed_s)}'
+
+
+def run_status(spec: RunSpec, records: list[dict], elapsed_s: float) -> str:
+  """`seed 7  epoch 1.50  top1 0.4805  12 s`: where the running run is (a terminal's bar shows it beside it)."""
   epoch = max((r.get('epoch', 0) for r in records), default=0)
   evals = [r for r in records if r.get('kind') == 'eval']
   metric = ''
   if evals:
     name = eval_metric_name(evals[-1])
     metric = f'  {name} {evals[-1][name]:.4f}' if name else ''
-  return f'run {spec.index + 1}/{num_runs} [{bar}] seed {spec.seed}  epoch {epoch:.2f}{metric}  {elapsed_s:.0f} s'
+  return f'seed {spec.seed}  epoch {epoch:.2f}{metric}  {elapsed_s:.0f} s'
 
 
 def _error_line(stderr_path: str) -> str:
@@ -115,8 +120,9 @@ def _show(line: str, stream, last: dict) -> None:
 
 
 def execute(workload: str, scale: str, spec: RunSpec, num_runs: int, extra_args: list[str],
-            stream=sys.stderr) -> dict:
-  """Runs one suite.main subprocess, showing progress; returns its per-run record for score.json."""
+            stream=sys.stderr, bar=None) -> dict:
+  """Runs one suite.main subprocess, showing progress (beside the set's tqdm `bar` on a terminal, else as plain
+  lines); returns its per-run record for score.json."""
   os.makedirs(spec.output_dir, exist_ok=True)
   command = main_command(workload, scale, spec, extra_args)
   stdout_path, stderr_path = (os.path.join(spec.output_dir, n) for n in ('stdout.log', 'stderr.log'))
@@ -126,9 +132,12 @@ def execute(workload: str, scale: str, spec: RunSpec, num_runs: int, extra_args:
     process = subprocess.Popen(command, stdout=out, stderr=err)
     while process.poll() is None:
       records = read_jsonl(os.path.join(spec.output_dir, outputs.METRICS))
-      _show(progress_line(spec, num_runs, records, time.monotonic() - start), stream, last)
+      if bar is not None and not bar.disable:
+        bar.set_postfix_str(run_status(spec, records, time.monotonic() - start))
+      else:
+        _show(progress_line(spec, num_runs, records, time.monotonic() - start), stream, last)
       time.sleep(_POLL_S)
-  if stream.isatty():
+  if stream.isatty() and (bar is None or bar.disable):
     stream.write('\n')
   if process.returncode == 2:
     raise BadInput(_error_line(stderr_path))
@@ -185,13 +194,18 @@ def run_set(workload: str, scale: str, num_runs: int | None, output_dir: str, ba
   num_runs = num_runs or score_lib.num_runs(workload, _flag_value(extra_args, 'variant'))
   specs = plan(output_dir, num_runs, base_seed)
   runs = []
-  for spec in specs:
-    runs.append(execute(workload, scale, spec, num_runs, extra_args, stream))
-    r = runs[-1]
-    stream.write(f'run {spec.index + 1}/{num_runs}: {r["status"]}, time to train '
-                 f'{r["time_to_train_s"] or 0:.1f} s, {r.get("target_metric") or "metric"} {r["final_metric"]}\n')
-    if on_run:
-      on_run(r)
+  bar = console.progress_bar(num_runs, 'run', stream=stream, desc=f'{workload} {scale} set')  # Terminal only.
+  try:
+    for spec in specs:
+      runs.append(execute(workload, scale, spec, num_runs, extra_args, stream, bar))
+      r = runs[-1]
+      bar.update(1)
+      bar.write(f'run {spec.index + 1}/{num_runs}: {r["status"]}, time to train {r["time_to_train_s"] or 0:.1f} s, '
+                f'{r.get("target_metric") or "metric"} {r["final_metric"]}', file=stream)  # Above the bar.
+      if on_run:
+        on_run(r)
+  finally:
+    bar.close()
   result = {'workload': workload, 'scale': scale, 'output_dir': os.path.abspath(output_dir),
             'base_seed': base_seed, 'extra_args': extra_args, **summarize(runs, workload), 'runs': runs}
   outputs.write_json(os.path.join(output_dir, SCORE_FILE), result, sort_keys=False)

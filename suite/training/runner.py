@@ -4,6 +4,7 @@ init_start -> open data, build and AOT-compile the steps, init the sharded state
 -> run_start -> [block of epochs -> eval]* -> run_stop (success at target; aborted at max epochs or divergence).
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -16,9 +17,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from suite.common import distributed, mlperf_log, outputs, provenance, sharding
+from suite.common import console, distributed, mlperf_log, outputs, provenance, sharding
 from suite.common.mlperf_log import KEYS, MLPerfLog
-from suite.training import cache_clear, checkpoint
+from suite.training import cache_clear, checkpoint, metrics_writer
 from suite.training import mfu as mfu_lib
 from suite.training.clock import Clock
 from suite.training.steps import CompiledSteps, compile_steps
@@ -58,11 +59,14 @@ class StopTraining(Exception):
 
 
 class TrainMonitor:
-  """Receives each step's metrics (one step late), stops on divergence, and records interval timings."""
+  """Receives each step's metrics (one step late), stops on divergence, and records interval timings (with their
+  MFU when the FLOPs and the peak are known) to the metrics writer and the progress bar, if any."""
 
-  def __init__(self, clock: Clock, writer: outputs.MetricsWriter, log_every_steps: int, steps_per_epoch: float,
-               global_batch_size: int, profile_steps: tuple[int, int] | None = None, profile_dir: str = '',
-               stop_flag: dict | None = None):
+  def __init__(self, clock: Clock, writer: outputs.MetricsWriter | metrics_writer.MetricsWriter,
+               log_every_steps: int, steps_per_epoch: float, global_batch_size: int,
+               profile_steps: tuple[int, int] | None = None, profile_dir: str = '', stop_flag: dict | None = None,
+               flops_per_step_per_device: float | None = None, peak_flops_per_device: float | None = None,
+               bar=None):
     self._stop_flag = stop_flag if stop_flag is not None else {'stop': False}
     self._profile_start, self._profile_stop = profile_steps or (-1, -1)
     self._tracing = False
@@ -73,12 +77,21 @@ class TrainMonitor:
     self._steps_per_epoch = steps_per_epoch
     self._global_batch_size = global_batch_size
     self._interval_start = (0, 0.0)
+    self.flops_per_step_per_device = flops_per_step_per_device  # Analytic (model) FLOPs: the MFU convention.
+    self._peak_flops = peak_flops_per_device
+    self._bar = bar
     self.step_times: list[float] = []
     self.last_step = 0
 
   def start_interval(self, step: int) -> None:
     """Called when stepping resumes (run start, after an eval) so eval time never counts as step time."""
     self._interval_start = (step, self._clock.now())
+
+  def before_step(self, step: int) -> None:
+    """Called before step `step` is dispatched: a trace starts there, so the first profiled step is whole."""
+    if step == self._profile_start:
+      jax.profiler.start_trace(self._profile_dir)
+      self._tracing = True
 
   def stop_profile(self) -> None:
     """Ends a trace (also when the run ends before the last profiled step)."""
@@ -94,11 +107,10 @@ class TrainMonitor:
     self.last_step = step
     if self._stop_flag['stop'] or distributed.preempted(step):  # This process's SIGTERM, or any's in a job.
       raise StopTraining('preempted')
-    if step == self._profile_start:
-      jax.profiler.start_trace(self._profile_dir)
-      self._tracing = True
-    elif step == self._profile_stop:
+    if step == self._profile_stop:  # Its metrics are here, so the device has finished it: the trace holds it all.
       self.stop_profile()
+    if self._bar is not None:
+      self._bar.update(step - self._bar.n)
     if step % self._log_every:
       return
     start_step, start_time = self._interval_start
@@ -109,25 +121,37 @@ class TrainMonitor:
     record = {'kind': 'train', 'step': step, 'epoch': step / self._steps_per_epoch,
               **{k: float(v) for k, v in metrics.items()}, 'step_time_s': step_time,
               'samples_per_s': self._global_batch_size / step_time}
+    mfu = mfu_lib.utilization(self.flops_per_step_per_device, step_time, self._peak_flops)
+    if mfu is not None:
+      record['model_flops_utilization'] = mfu
     self._writer.write(record)
-    logging.info('step %d (epoch %.2f): loss %.4f, lr %.4g, %.1f ms/step, %.0f samples/s', step,
-                 record['epoch'], loss, record['learning_rate'], step_time * 1e3, record['samples_per_s'])
+    logging.info('step %d (epoch %.2f): loss %.4f, lr %.4g, %.1f ms/step, %.0f samples/s%s', step,
+                 record['epoch'], loss, record['learning_rate'], step_time * 1e3, record['samples_per_s'],
+                 '' if mfu is None else f', MFU {mfu:.3f}')
+    if self._bar is not None:
+      self._bar.set_postfix_str(f'epoch {record["epoch"]:.2f}, loss {loss:.4f}, {record["samples_per_s"]:.0f} '
+                                'samples/s', refresh=False)
 
 
 def train_steps(train_step, state: TrainState, batches: Iterator[dict], num_steps: int, first_step: int,
                 on_metrics: Callable[[int, dict], None],
-                on_state: Callable[[int, TrainState], None] | None = None) -> TrainState:
+                on_state: Callable[[int, TrainState], None] | None = None,
+                before_step: Callable[[int], None] | None = None) -> TrainState:
   """The hot loop: dispatch step i, then fetch step i-1's metrics while step i runs. `on_state(i, state)` sees
-  every new state (periodic checkpoints)."""
+  every new state (periodic checkpoints); `before_step(i)` runs before step i is dispatched (profiler start).
+  Each iteration is a profiler step ('train', step_num=i): a trace shows where each step's time went."""
   pending = None
   step = first_step
   try:
     for step in range(first_step + 1, first_step + num_steps + 1):
-      state, metrics = train_step(state, next(batches))
-      if pending is not None:
-        on_metrics(step - 1, jax.device_get(pending))
-      if on_state is not None:
-        on_state(step, state)
+      if before_step is not None:
+        before_step(step)
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, metrics = train_step(state, next(batches))
+        if pending is not None:
+          on_metrics(step - 1, jax.device_get(pending))
+        if on_state is not None:
+          on_state(step, state)
       pending = metrics
     if pending is not None:
       on_metrics(first_step + num_steps, jax.device_get(pending))
@@ -237,6 +261,7 @@ def _stop_on_sigterm(flag: dict):
 
 def run(workload: Workload, options: RunOptions) -> dict:
   """Trains to the target (or gives up) and returns the summary it also writes to summary.json."""
+  console.quiet_third_party_logs()  # Before the data and checkpoint libraries start talking.
   is_main = jax.process_index() == 0
   cache = cache_clear.clear(options.cache_clear_cmd)  # Every process: each host has its own page cache.
   # Bad input fails before anything is written: a missing dataset or an impossible mesh must not cost a file.
@@ -253,7 +278,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
                                               'seed': options.seed, 'config': workload.config.to_dict()})
     provenance.record_start(path(outputs.PROVENANCE), provenance.gather(mesh))  # Peak memory added at the end.
   log = MLPerfLog(path(outputs.RESULT_LOG), enabled=is_main)
-  writer = outputs.MetricsWriter(path(outputs.METRICS))
+  writer = metrics_writer.MetricsWriter(options.output_dir if is_main else None, fresh=not resumable)
   clock = Clock(log)
   platform = options.submission_platform or f'{len(devices)}x{devices[0].device_kind}'
   peak = _peak_flops(options)  # Measuring it on CPU runs a matmul: keep it out of init.
@@ -286,9 +311,17 @@ def run(workload: Workload, options: RunOptions) -> dict:
 
   stop_flag = {'stop': False}
   previous_handler = _stop_on_sigterm(stop_flag)
+  # On a terminal (process 0's), a bar over the run's steps; in a log file, the plain step and eval lines only.
+  bar = console.progress_bar(workload.epoch_end_step(workload.max_epochs), 'step', enabled=is_main, initial=step,
+                             desc='train')
+  above_bar = contextlib.ExitStack()
+  above_bar.enter_context(console.logs_above_bars())
   monitor = TrainMonitor(clock, writer, workload.config.log_every_steps, steps_per_epoch,
                          workload.global_batch_size, options.profile_steps,
-                         os.path.join(options.output_dir, 'profile'), stop_flag)
+                         os.path.join(options.output_dir, 'profile'), stop_flag,
+                         mfu_lib.model_flops_per_step_per_device(workload.model_flops_per_example(),
+                                                                 workload.global_batch_size, len(devices)),
+                         peak.flops_per_device, bar)
   meta_fn = lambda k: {'step': k, 'seed': options.seed, 'run_elapsed_s': clock.since('run_start'),  # noqa: E731
                        'eval_s': clock.eval_s}
   manager = checkpoint.manager(options.output_dir, max_to_keep=options.keep_checkpoints)
@@ -314,7 +347,8 @@ def run(workload: Workload, options: RunOptions) -> dict:
         clock.block_start(first_epoch, block_end - epoch)
         monitor.start_interval(step)
         num_steps = workload.epoch_end_step(block_end) - step
-        state = train_steps(compiled.train, state, train_batches, num_steps, step, monitor, periodic)
+        state = train_steps(compiled.train, state, train_batches, num_steps, step, monitor, periodic,
+                            monitor.before_step)
         step, epoch = step + num_steps, block_end
         clock.block_stop(first_epoch, state)
       eval_due = False
@@ -337,6 +371,8 @@ def run(workload: Workload, options: RunOptions) -> dict:
   finally:
     train_batches.close()
     monitor.stop_profile()
+    bar.close()
+    above_bar.close()
     with outputs.on_disk_full(str(manager.directory)):
       manager.wait_until_finished()
     if previous_handler is not None:
@@ -378,8 +414,7 @@ def _summary(workload, options, clock, compiled, monitor, data_wait_s, checkpoin
       'goodput': productive_s / (clock.init_s + clock.time_to_train_s)}
   step_time = statistics.median(monitor.step_times) if monitor.step_times else train_s / max(step, 1)
   xla_flops = mfu_lib.compiled_flops(compiled.train)
-  model_flops = mfu_lib.model_flops_per_step_per_device(workload.model_flops_per_example(),
-                                                        workload.global_batch_size, len(devices))
+  model_flops = monitor.flops_per_step_per_device
   return {
       'workload': workload.benchmark, 'scale': workload.scale, 'division': options.division,
       'status': status, 'reason': reason, 'seed': options.seed,
