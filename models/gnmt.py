@@ -1,0 +1,238 @@
+"""GNMT v2 in Flax: the MLPerf Training reference (rnn_translator, ruleset 0.7.0) and small variants for tiny runs.
+
+Transcribes mlcommons/training rnn_translator/pytorch/seq2seq/models (gnmt.py, encoder.py, decoder.py,
+attention.py); batch-major (B, T, ...) arrays throughout.
+
+- Embedding: one table shared by encoder and decoder (the reference's `share_embedding=True`), uniform(-0.1, 0.1).
+- Encoder: 4 LSTM layers; the first bidirectional over each sentence's real tokens only (the reference packs the
+  sequence, so the backward direction starts at the last real token and padded outputs are zero); the second takes
+  the 2H concatenation; residual connections from the third layer on. Dropout on the input of every layer.
+- Decoder: LSTM layer 0 reads the embedded target; its output queries normalised Bahdanau attention over the
+  encoder output; the attention context is concatenated to the input of each of the 3 further LSTM layers, which
+  have residual connections from the second of them on (the reference's "from the 3rd layer"); a dense classifier
+  gives the logits. Dropout on the input of every LSTM layer.
+- LSTM: PyTorch's cell (gates i, f, g, o; two biases, b_ih uniform and b_hh zero at init), so parameter counts match
+  the reference tensor for tensor. The input projection of a whole sequence is one matmul outside the time loop;
+  only the recurrent matmul runs inside `lax.scan`, so compile time does not grow with the sentence length.
+
+Incremental decoding: `encode` once (the memory: encoder output, its attention keys, the source lengths), then
+`init_decode_state(memory)` gives the carry (the decoder LSTMs' (h, c), every leaf batch-major) and
+`decode_step(last_token_B, carry, memory) -> (logits_BxV, carry)` advances it by one token. Only the carry changes
+from step to step, so a beam search reorders the carry and keeps the memory (expanded to the beams) in its closure:
+`step_fn` adapts a model to models/beam_search.py's `step_fn(tokens, index, cache)`. The teacher-forced `__call__`
+and `decode_step` run the same code, the former over the whole target at once.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models import layers
+
+# Token ids of the reference's special tokens (seq2seq/data/config.py): PAD, UNK, BOS, EOS = 0, 1, 2, 3.
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+# The reference's vocabulary: the 4 special tokens + the lines of its BPE file vocab.bpe.32000, padded with made-up
+# tokens to a multiple of 8 when training in fp16 (Tokenizer.pad_vocabulary; utils.pad_vocabulary: 8 for fp16, 1
+# for fp32). 32,320 is what the MLPerf v0.7 submissions of this code trained with: NVIDIA's DGX-1 result logs list a
+# 32,320-element parameter (the classifier bias) and a model of 160,671,360 parameters, which is this model's
+# 160,671,297 rounded up to a multiple of 64 by their optimizer's packing. Kept a multiple of 8 here too (TPU/GPU
+# friendly matmuls); an fp32 reference run uses the unpadded size (the BPE file's lines + 4), 32,313 to 32,320.
+REFERENCE_VOCAB_SIZE = 32320
+INIT_RANGE = 0.1  # The reference's init_weight: uniform(-0.1, 0.1) for every weight except where noted.
+
+EMBED_TABLE = ('vocab', 'embed')
+GATES_KERNEL = ('embed', 'mlp')  # (input or hidden features, 4 * hidden): the gates split over the tensor axis.
+GATES_BIAS = ('mlp',)
+
+
+def uniform(scale: float = INIT_RANGE):
+  """uniform(-scale, scale), the reference's init for weights and the input-hidden biases."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+  return init
+
+
+class LSTM(nn.Module):
+  """One unidirectional LSTM layer (PyTorch's nn.LSTM cell) run over a whole sequence.
+
+  Parameters: `kernel_ih` (D, 4H), `kernel_hh` (H, 4H), `bias_ih` and `bias_hh` (4H); gate order i, f, g, o.
+  """
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxTxD, carry=None):
+    """-> (outputs B x T x H in `dtype`, final (h, c) each B x H float32). `carry` None starts from zeros."""
+    H = self.hidden
+    kernel_ih = self.param('kernel_ih', layers.named(uniform(), GATES_KERNEL), (x_BxTxD.shape[-1], 4 * H))
+    kernel_hh = self.param('kernel_hh', layers.named(uniform(), GATES_KERNEL), (H, 4 * H))
+    bias_ih = self.param('bias_ih', layers.named(uniform(), GATES_BIAS), (4 * H,))
+    bias_hh = self.param('bias_hh', layers.named(nn.initializers.zeros, GATES_BIAS), (4 * H,))
+    B = x_BxTxD.shape[0]
+    if carry is None:
+      carry = (jnp.zeros((B, H), jnp.float32), jnp.zeros((B, H), jnp.float32))
+    # Input projection for all steps at once; the scan carries only the recurrent matmul.
+    xw_BxTx4H = (jnp.einsum('btd,dg->btg', x_BxTxD.astype(self.dtype), kernel_ih.astype(self.dtype))
+                 + (bias_ih + bias_hh).astype(self.dtype))
+    kernel_hh = kernel_hh.astype(self.dtype)
+
+    def cell(carry, xw_Bx4H):
+      h, c = carry
+      gates = (xw_Bx4H + h.astype(self.dtype) @ kernel_hh).astype(jnp.float32)
+      i, f, g, o = jnp.split(gates, 4, axis=-1)
+      c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+      h = jax.nn.sigmoid(o) * jnp.tanh(c)
+      return (h, c), h.astype(self.dtype)
+
+    carry, y_TxBxH = jax.lax.scan(cell, carry, jnp.swapaxes(xw_BxTx4H, 0, 1))
+    return jnp.swapaxes(y_TxBxH, 0, 1), carry
+
+
+def reverse_within_length(x_BxTx_, lengths_B):
+  """Reverses each row's first `length` steps and leaves its padding in place: [a b c PAD] -> [c b a PAD]."""
+  T = x_BxTx_.shape[1]
+  t = jnp.arange(T)[None, :]
+  index_BxT = jnp.where(t < lengths_B[:, None], lengths_B[:, None] - 1 - t, t)
+  return jnp.take_along_axis(x_BxTx_, index_BxT.reshape(index_BxT.shape + (1,) * (x_BxTx_.ndim - 2)), axis=1)
+
+
+class Encoder(nn.Module):
+  """The reference's ResidualRecurrentEncoder, given the embedded source."""
+  hidden: int
+  num_layers: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxSxH, lengths_B, deterministic: bool):
+    if self.num_layers < 2:
+      raise ValueError(f'num_layers={self.num_layers}: GNMT needs at least 2 (a bidirectional and a unidirectional)')
+    lstm = functools.partial(LSTM, self.hidden, dtype=self.dtype)
+    drop = nn.Dropout(self.dropout, deterministic=deterministic)
+    valid_BxSx1 = (jnp.arange(x_BxSxH.shape[1])[None, :] < lengths_B[:, None])[..., None]
+    # Layer 0, bidirectional over the real tokens (the reference's pack_padded_sequence); padded outputs are zero.
+    x = drop(x_BxSxH)
+    forward, _ = lstm(name='lstm_0_fwd')(x)
+    backward, _ = lstm(name='lstm_0_bwd')(reverse_within_length(x, lengths_B))
+    backward = reverse_within_length(backward, lengths_B)
+    x = jnp.where(valid_BxSx1, jnp.concatenate([forward, backward], axis=-1), 0)
+    x, _ = lstm(name='lstm_1')(drop(x))
+    for i in range(2, self.num_layers):
+      y, _ = lstm(name=f'lstm_{i}')(drop(x))
+      x = x + y
+    return x
+
+
+class NormalizedBahdanauAttention(nn.Module):
+  """The reference's BahdanauAttention(normalize=True): score(q, k) = g * v/|v| . tanh(W_q q + W_k k + b)."""
+  units: int
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    dense = functools.partial(nn.Dense, self.units, use_bias=False, dtype=self.dtype,
+                              kernel_init=layers.named(uniform(), layers.DENSE_KERNEL))
+    self.linear_q = dense(name='linear_q')
+    self.linear_k = dense(name='linear_k')
+    self.linear_att = self.param('linear_att', layers.named(uniform(), ('mlp',)), (self.units,))
+    self.normalize_scalar = self.param('normalize_scalar', nn.initializers.constant(1.0 / self.units**0.5), ())
+    self.normalize_bias = self.param('normalize_bias', layers.named(nn.initializers.zeros, ('mlp',)), (self.units,))
+
+  def keys(self, context_BxSxH):
+    """W_k k for every source position: computed once per sentence, reused by every decoding step."""
+    return self.linear_k(context_BxSxH)
+
+  def __call__(self, query_BxTxH, keys_BxSxU, context_BxSxH, lengths_B):
+    """-> (context vectors B x T x H, attention weights B x T x S float32); positions >= length get no weight."""
+    q_BxTxU = self.linear_q(query_BxTxH)
+    hidden_BxTxSxU = jnp.tanh(q_BxTxU[:, :, None, :] + keys_BxSxU[:, None, :, :]
+                              + self.normalize_bias.astype(self.dtype))
+    v_U = self.linear_att / jnp.linalg.norm(self.linear_att) * self.normalize_scalar
+    scores_BxTxS = jnp.einsum('btsu,u->bts', hidden_BxTxSxU, v_U.astype(self.dtype)).astype(jnp.float32)
+    valid_Bx1xS = (jnp.arange(keys_BxSxU.shape[1])[None, :] < lengths_B[:, None])[:, None, :]
+    weights_BxTxS = jax.nn.softmax(jnp.where(valid_Bx1xS, scores_BxTxS, -1e30), axis=-1)
+    attended = jnp.einsum('bts,bsh->bth', weights_BxTxS.astype(self.dtype), context_BxSxH.astype(self.dtype))
+    return attended, weights_BxTxS
+
+
+class GNMT(nn.Module):
+  """GNMT v2: `__call__(source, source_lengths, target_input, train)` -> float32 logits B x T x vocab.
+
+  `source_BxS` holds token ids padded with PAD after `source_lengths_B` real tokens (BOS ... EOS, as the reference's
+  tokenizer writes them); `target_input_BxT` is the target shifted right (starting with BOS). `dtype` is the
+  compute dtype; parameters and LSTM cell states stay float32.
+  """
+  vocab_size: int = REFERENCE_VOCAB_SIZE
+  hidden: int = 1024
+  num_layers: int = 4
+  dropout: float = 0.2
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.num_layers < 2:
+      raise ValueError(f'num_layers={self.num_layers}: GNMT needs at least 2 layers in encoder and decoder')
+    self.embed = nn.Embed(self.vocab_size, self.hidden, dtype=self.dtype,
+                          embedding_init=layers.named(uniform(), EMBED_TABLE))
+    self.encoder = Encoder(self.hidden, self.num_layers, self.dropout, dtype=self.dtype)
+    self.attention = NormalizedBahdanauAttention(self.hidden, dtype=self.dtype)
+    self.decoder_lstms = [LSTM(self.hidden, dtype=self.dtype, name=f'decoder_lstm_{i}')
+                          for i in range(self.num_layers)]
+    self.classifier = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=layers.named(
+        uniform(), layers.CLASSIFIER_KERNEL), bias_init=layers.named(uniform(), ('vocab',)))
+    self.drop = nn.Dropout(self.dropout)
+
+  def __call__(self, source_BxS, source_lengths_B, target_input_BxT, train: bool = False):
+    memory = self.encode(source_BxS, source_lengths_B, train=train)
+    logits, _ = self._decode(target_input_BxT, self.init_decode_state(memory), memory, deterministic=not train)
+    return logits
+
+  def encode(self, source_BxS, source_lengths_B, train: bool = False):
+    """The encoder's memory: {'context': B x S x H, 'keys': B x S x H (projected for attention), 'lengths': B}."""
+    context = self.encoder(self.embed(source_BxS), source_lengths_B, deterministic=not train)
+    return {'context': context, 'keys': self.attention.keys(context), 'lengths': source_lengths_B}
+
+  def init_decode_state(self, memory):
+    """The decoding carry: zero (h, c) for every decoder layer, as the reference starts (a tuple of B x H pairs)."""
+    zeros = jnp.zeros((memory['context'].shape[0], self.hidden), jnp.float32)
+    return tuple((zeros, zeros) for _ in range(self.num_layers))
+
+  def decode_step(self, last_token_B, carry, memory):
+    """One step of incremental decoding (no dropout): -> (float32 logits B x vocab, next carry)."""
+    logits_Bx1xV, carry = self._decode(last_token_B[:, None], carry, memory, deterministic=True)
+    return logits_Bx1xV[:, 0], carry
+
+  def _decode(self, tokens_BxT, carry, memory, deterministic: bool):
+    """The reference's ResidualRecurrentDecoder over T steps, from the LSTM states in `carry`."""
+    drop = functools.partial(self.drop, deterministic=deterministic)
+    states = []
+    x, state = self.decoder_lstms[0](drop(self.embed(tokens_BxT)), carry[0])
+    states.append(state)
+    # Attention reads only layer 0's output, so one call covers every step of the sequence.
+    attended, _ = self.attention(x, memory['keys'], memory['context'], memory['lengths'])
+    x, state = self.decoder_lstms[1](drop(jnp.concatenate([x, attended], axis=-1)), carry[1])
+    states.append(state)
+    for i in range(2, self.num_layers):
+      y, state = self.decoder_lstms[i](drop(jnp.concatenate([x, attended], axis=-1)), carry[i])
+      states.append(state)
+      x = x + y
+    logits = self.classifier(x).astype(jnp.float32)
+    return logits, tuple(states)
+
+
+def step_fn(model: GNMT, variables, memory):
+  """`step(tokens_B, index, carry) -> (logits B x vocab, carry)` for models/beam_search.py: `memory` (from
+  `encode`, already expanded to the beams) stays in the closure, the carry is what the search reorders; `index` is
+  unused (an LSTM keeps its position in its state)."""
+  def step(tokens_B, index, carry):
+    del index
+    return model.apply(variables, tokens_B, carry, memory, method=GNMT.decode_step)
+  return step
+
+
+def gnmt_from_config(model_cfg, vocab_size: int) -> GNMT:
+  """The GNMT a workload config asks for (`hidden`, `num_layers`, `dropout`, `dtype`); `vocab_size` comes from the
+  tokenizer, as in the reference."""
+  return GNMT(vocab_size=vocab_size, hidden=model_cfg.hidden, num_layers=model_cfg.num_layers,
+              dropout=model_cfg.dropout, dtype=jnp.dtype(model_cfg.dtype))
