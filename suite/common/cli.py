@@ -198,6 +198,21 @@ def check_config_file(value: str, config) -> None:
     FLAGS[name].value = file_value
 
 
+def adopt_config_file(flag_values: flags.FlagValues, passed_on: list[str]) -> None:
+  """For the commands that pass flags on to suite.main runs (runs, sweep): a config file among them names the
+  workload and scale, unless --workload/--scale are given (suite.main then checks that they agree)."""
+  value = config_file_arg(['', *passed_on])
+  if value is None:
+    return
+  try:
+    config = load_config_file(value)
+  except UserError as e:
+    fail(str(e))
+  for name in FILE_KEYS:
+    if not flag_values[name].present:
+      flag_values[name].value = config[name]
+
+
 def workload_config():
   """The resolved config for registry.make_workload: FLAGS.config, less a config file's `workload` and `scale`."""
   config = FLAGS.config

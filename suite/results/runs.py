@@ -264,6 +264,7 @@ def parse_args(argv: list[str], flag_values: flags.FlagValues | None = None) -> 
     flag_values = flags.FlagValues()
     define_flags(flag_values)
   extra = [a for a in cli_lib.parse_flags(['suite.runs', *argv], flag_values, known_only=True)[1:] if a != '--']
+  cli_lib.adopt_config_file(flag_values, extra)
   if flag_values.output_dir is None:
     cli_lib.fail("pass --output_dir=DIR: the set's folder (run_<k>/ and score.json)")
   reserved = [a for a in extra if a.split('=')[0] in ('--seed', '--output_dir')]

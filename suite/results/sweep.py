@@ -161,6 +161,7 @@ def parse_args(argv: list[str], flag_values: flags.FlagValues | None = None) -> 
     flag_values = flags.FlagValues()
     define_flags(flag_values)
   extra = [a for a in cli_lib.parse_flags(['suite.sweep', *argv], flag_values, known_only=True)[1:] if a != '--']
+  cli_lib.adopt_config_file(flag_values, extra)
   if not flag_values.sweep:
     cli_lib.fail("pass --sweep=KEY=V1,V2,... (e.g. --sweep='config.optimizer.learning_rate=0.1,0.2')")
   if flag_values.output_dir is None:
