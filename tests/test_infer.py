@@ -78,6 +78,8 @@ def test_accuracy_mode_reproduces_the_training_eval(trained, data_dir, tmp_path)
   out = tmp_path / 'accuracy'
   result = _infer(trained, data_dir, out, '--scenario=Offline', '--mode=accuracy')
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  # The checkpoint was restored through Orbax, whose INFO lines stay off the console as in training.
+  assert 'orbax' not in result.stderr.lower() and 'Restoring' not in result.stderr, result.stderr[-3000:]
   summary = json.loads((out / 'summary.json').read_text())
   accuracy = summary['accuracy']
   train_eval = json.loads((trained / 'summary.json').read_text())['final_metric']

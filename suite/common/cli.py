@@ -24,7 +24,7 @@ from collections.abc import Callable
 from absl import app, flags
 
 from suite.common import config as config_lib
-from suite.common import registry
+from suite.common import console, registry
 from suite.common.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -101,6 +101,7 @@ def run(main: Callable[[list[str]], int | None], doc: str, flags_parser: Callabl
   if any(a in _HELP for a in args) or any(a in _HELPFULL for a in args):
     print_help(doc, full=any(a in _HELPFULL for a in args), extra=extra_help)
     sys.exit(EXIT_OK)
+  console.quiet_third_party_logs()  # Every command: the suite's own lines, not Orbax's or TFDS's INFO chatter.
   app.run(main, flags_parser=flags_parser)
 
 
