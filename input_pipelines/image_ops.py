@@ -8,24 +8,32 @@ from PIL import Image
 # ImageNet channel statistics in 0-255 units (MLPerf ResNet reference).
 IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 IMAGENET_STD = np.array([58.395, 57.12, 57.375], np.float32)
+# Grey images (one channel): the average of the channel statistics.
+GREY_MEAN = IMAGENET_MEAN.mean(keepdims=True)
+GREY_STD = IMAGENET_STD.mean(keepdims=True)
+# PIL's mode for each channel count the pipelines produce.
+MODES = {1: 'L', 3: 'RGB'}
 
 
-def normalize(pixels_HxWx3: np.ndarray) -> np.ndarray:
-  """uint8 RGB -> float32, ImageNet mean/std normalised."""
-  return (pixels_HxWx3.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+def normalize(pixels_HxWxC: np.ndarray) -> np.ndarray:
+  """uint8 RGB (or grey, C = 1) -> float32, ImageNet mean/std normalised."""
+  if pixels_HxWxC.shape[-1] == 1:
+    return (pixels_HxWxC.astype(np.float32) - GREY_MEAN) / GREY_STD
+  return (pixels_HxWxC.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def crop_resize(image: Image.Image, box: tuple[float, float, float, float], image_size: int) -> np.ndarray:
+def crop_resize(image: Image.Image, box: tuple[float, float, float, float], image_size: int,
+                channels: int = 3) -> np.ndarray:
   """Crops `box` (in the image's full-size pixel coordinates) from an opened, not yet decoded image and resizes it
-  bilinearly to a square uint8[image_size, image_size, 3]."""
+  bilinearly to a square uint8[image_size, image_size, channels] (channels: 3 RGB or 1 grey)."""
   width, height = image.size
   left, top, right, bottom = box
   # JPEGs decode at 1/2, 1/4 or 1/8 scale for much less work; ask for the smallest that keeps the crop at least
   # image_size pixels on each side (a no-op for PNG).
   scale = image_size / min(right - left, bottom - top)
   if scale < 1:
-    image.draft('RGB', (math.ceil(width * scale), math.ceil(height * scale)))
+    image.draft(MODES[channels], (math.ceil(width * scale), math.ceil(height * scale)))
   sx, sy = image.size[0] / width, image.size[1] / height
-  resized = image.convert('RGB').resize((image_size, image_size), Image.Resampling.BILINEAR,
-                                        box=(left * sx, top * sy, right * sx, bottom * sy))
-  return np.asarray(resized)
+  resized = image.convert(MODES[channels]).resize((image_size, image_size), Image.Resampling.BILINEAR,
+                                                 box=(left * sx, top * sy, right * sx, bottom * sy))
+  return np.asarray(resized).reshape(image_size, image_size, channels)
