@@ -7,7 +7,7 @@ from typing import Any
 from absl import logging
 from PIL import Image
 
-from suite.common.errors import UserError
+from suite.common.errors import UserError, first_line
 
 SKIP_HINT = 're-prepare the dataset or set --config.skip_bad_records=True'
 # A result is scored on the whole eval split: skipping an eval record would score a different, smaller split.
@@ -107,7 +107,7 @@ class CheckedSource:
     return record
 
   def _error(self, index: int, what: str, cause: Exception) -> CorruptRecordError:
-    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+    reason = first_line(cause)
     return CorruptRecordError(f'corrupt record: record {index} of {self._dataset}/{self._split} '
                               f'({self._where(index)}) {what}: {type(cause).__name__}: {reason}; {self._hint}')
 

@@ -7,7 +7,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import constants as tfds_constants
 
 from input_pipelines import checked_source
-from suite.common.errors import UserError
+from suite.common.errors import UserError, first_line
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -28,8 +28,7 @@ def open_split(dataset: str, split: str, data_dir: str | None, skip_bad_records:
     # Skip decoding so that we decode with PIL ourselves (JPEG draft mode: decode big images at reduced size).
     source = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
   except Exception as e:  # Unknown split (ValueError), TFRecord-only files (NotImplementedError), ...
-    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise UserError(f'dataset {dataset!r} (split {split!r}) in {_where(data_dir)} cannot be read ({reason}): '
+    raise UserError(f'dataset {dataset!r} (split {split!r}) in {_where(data_dir)} cannot be read ({first_line(e)}): '
                     f'{_fix(dataset, data_dir)}') from None
   return checked_source.CheckedSource(source, dataset, split, data_dir, skip_bad_records, is_eval=is_eval)
 

@@ -22,7 +22,7 @@ import safetensors
 import safetensors.numpy
 from flax import traverse_util
 
-from suite.common.errors import UserError
+from suite.common.errors import UserError, first_line
 
 BLOCK = re.compile(r'^(\w+Block)_(\d+)$')
 # torchvision's trainable layers, last first (torchvision.models.detection.backbone_utils.resnet_fpn_backbone).
@@ -50,8 +50,7 @@ def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], str]:
   except KeyError as e:  # safetensors' NumPy reader knows no bfloat16.
     raise UserError(f'backbone checkpoint {path}: cannot read dtype {e}: save the tensors as float32') from None
   except (safetensors.SafetensorError, zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
-    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise UserError(f'backbone checkpoint {path}: cannot read it ({first_line})') from None
+    raise UserError(f'backbone checkpoint {path}: cannot read it ({first_line(e)})') from None
   return tensors, hashlib.sha256(data).hexdigest()
 
 

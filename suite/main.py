@@ -12,7 +12,7 @@ from absl import flags, logging
 
 from suite.common import cli as cli_lib
 from suite.common import registry
-from suite.common.errors import UserError
+from suite.common.errors import UserError, first_line
 
 FLAGS = flags.FLAGS
 
@@ -116,7 +116,7 @@ def main(argv):
     # A peer died or stopped answering: say so in one line and leave at once. A normal exit would run
     # jax.distributed's shutdown barrier, which waits for the dead peer and then aborts with pages of logs.
     cli_lib.print_error(f'process {jax.process_index()} lost contact with another process of the job '
-                        f'({cli_lib.first_line(e)}): see the other processes\' logs; restart the job (with --resume '
+                        f'({first_line(e)}): see the other processes\' logs; restart the job (with --resume '
                         'to keep the checkpointed work)')
     os._exit(cli_lib.EXIT_LOST_PEER)  # pylint: disable=protected-access
   if jax.process_index() == 0:

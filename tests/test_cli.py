@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from suite.common import cli
+from suite.common import errors
 from tests.conftest import REPO, run_suite
 
 
@@ -44,9 +44,10 @@ def test_every_module_imports_beside_every_other_and_defines_no_flag():
 
 
 def test_first_line():
-  assert cli.first_line(RuntimeError('\n  DEADLINE_EXCEEDED: barrier\nstack trace...')) == 'DEADLINE_EXCEEDED: barrier'
-  assert cli.first_line(KeyError()) == 'KeyError'
-  assert cli.first_line(ValueError('x' * 500), 200) == 'x' * 200
+  error = RuntimeError("\n  DEADLINE_EXCEEDED: barrier\nstack trace...")
+  assert errors.first_line(error) == 'DEADLINE_EXCEEDED: barrier'
+  assert errors.first_line(KeyError()) == 'KeyError'
+  assert errors.first_line(ValueError('x' * 500), 200) == 'x' * 200
 
 
 def test_main_help_lists_shared_and_training_flags():

@@ -25,7 +25,7 @@ from absl import app, flags
 
 from suite.common import config as config_lib
 from suite.common import console, registry
-from suite.common.errors import UserError
+from suite.common.errors import UserError, first_line
 
 FLAGS = flags.FLAGS
 
@@ -46,13 +46,6 @@ CONFIG_HELP = """
   --config.KEY=VALUE: override one field of the config (nested: --config.optimizer.learning_rate=2.0);
     --print_config shows every field.
 """
-
-
-def first_line(error: BaseException | str, limit: int = 300) -> str:
-  """The first non-empty line of an exception's message (its type's name when it has none), at most `limit` long."""
-  text = str(error).strip()
-  line = text.splitlines()[0] if text else (type(error).__name__ if isinstance(error, BaseException) else '')
-  return line[:limit]
 
 
 def print_error(message: str) -> None:

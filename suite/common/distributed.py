@@ -9,8 +9,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from suite.common.cli import first_line
-from suite.common.errors import UserError
+from suite.common.errors import UserError, first_line
 
 
 def _cluster_detected() -> bool:

@@ -6,8 +6,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from suite.common.cli import first_line
-from suite.common.errors import UserError
+from suite.common.errors import UserError, first_line
 
 CHECKPOINTS = 'checkpoints'
 
