@@ -7,15 +7,15 @@ Input: the folder written by the MLPerf reference's download script
 Prepare once with `python -m input_pipelines.openimages_mlperf --manual_dir=DIR --data_dir=DIR`.
 """
 
-import argparse
 import json
 import os
-import sys
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 
+from suite.common import cli as cli_lib
 from suite.common.errors import UserError
 
 NUM_CLASSES = 264
@@ -130,18 +130,25 @@ def prepare_openimages(manual_dir: str, data_dir: str) -> str:
   return MlperfOpenimages.name
 
 
-def main(argv: list[str] | None = None) -> None:
-  # argparse, not absl flags: defining absl flags at import would clash with suite.main's --data_dir.
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--manual_dir', required=True, help='the MLPerf download script output folder')
-  parser.add_argument('--data_dir', required=True, help='the TFDS data folder to write into')
-  args = parser.parse_args(argv)
+def define_flags() -> None:
+  flags.DEFINE_string('manual_dir', None, 'The MLPerf download script output folder.', required=True)
+  flags.DEFINE_string('data_dir', None, 'The TFDS data folder to write into.', required=True)
+
+
+def main(argv: list[str]) -> None:
+  del argv
   try:
-    name = prepare_openimages(args.manual_dir, args.data_dir)
+    name = prepare_openimages(flags.FLAGS.manual_dir, flags.FLAGS.data_dir)
   except UserError as e:
-    sys.exit(f'error: {e}')
-  print(f'prepared {name} in {args.data_dir}')
+    cli_lib.fail(str(e))
+  print(f'prepared {name} in {flags.FLAGS.data_dir}')
+
+
+def cli() -> None:
+  """The `python -m input_pipelines.openimages_mlperf` command (absl flags, the suite's exit codes)."""
+  define_flags()
+  cli_lib.run(main, __doc__)
 
 
 if __name__ == '__main__':
-  main()
+  cli()

@@ -15,6 +15,7 @@ from input_pipelines import detection as pipeline
 from input_pipelines import generated_detection, openimages_mlperf
 from input_pipelines.image_ops import IMAGENET_MEAN, IMAGENET_STD
 from input_pipelines.sources import open_split
+from tests.conftest import run_suite
 
 SIZES = dict(num_classes=4, image_size=64, num_train=96, num_eval=20)
 COCO_OBJECT_FEATURES = {'area', 'bbox', 'id', 'is_crowd', 'label'}
@@ -250,8 +251,10 @@ def write_fake_manual_dir(root: str) -> None:
 
 def test_openimages_conversion_round_trips_boxes(tmp_path):
   manual_dir, data_dir = str(tmp_path / 'manual'), str(tmp_path / 'tfds')
-  with pytest.raises(SystemExit, match=r'openimages-mlperf\.json not found'):
-    openimages_mlperf.main([f'--manual_dir={manual_dir}', f'--data_dir={data_dir}'])
+  result = run_suite(f'--manual_dir={manual_dir}', f'--data_dir={data_dir}', module='input_pipelines.openimages_mlperf',
+                     timeout=120)
+  assert result.returncode == 2 and result.stderr.count('\n') == 1, result.stderr[-2000:]
+  assert result.stderr.startswith('error:') and 'openimages-mlperf.json not found' in result.stderr
   write_fake_manual_dir(manual_dir)
   name = openimages_mlperf.prepare_openimages(manual_dir, data_dir)
   source = open_split(name, 'validation', data_dir)
