@@ -87,14 +87,14 @@ def test_print_config_is_the_resolved_config():
 
 
 def test_config_file_with_an_override_matches_the_registry_config():
-  from_file = _printed_config('--config=configs/resnet.py:tiny', '--config.optimizer.learning_rate=2.5')
+  from_file = _printed_config('--config=suite/configs/resnet.py:tiny', '--config.optimizer.learning_rate=2.5')
   from_flags = _printed_config('--workload=resnet', '--scale=tiny', '--config.optimizer.learning_rate=2.5')
   assert from_file == from_flags
   assert 'workload' not in from_file['config'] and 'scale' not in from_file['config']
 
 
 def test_closed_division_guards_config_files_and_their_overrides(tmp_path):
-  line = _error_line(run_suite('--config=configs/resnet.py:full', '--config.model.depth=101', '--print_config',
+  line = _error_line(run_suite('--config=suite/configs/resnet.py:full', '--config.model.depth=101', '--print_config',
                                timeout=120))
   assert '--division=closed' in line and 'model.depth' in line
   deeper = tmp_path / 'deeper.py'
@@ -114,11 +114,11 @@ def test_closed_division_guards_config_files_and_their_overrides(tmp_path):
 
 
 def test_config_file_mistakes_are_one_line(tmp_path):
-  line = _error_line(run_suite('--config=configs/resnet.py:tiny', '--workload=ssd', timeout=120))
+  line = _error_line(run_suite('--config=suite/configs/resnet.py:tiny', '--workload=ssd', timeout=120))
   assert '--workload=ssd disagrees' in line
   line = _error_line(run_suite('--config=configs/no_such.py', timeout=120))
   assert 'no file configs/no_such.py' in line
-  line = _error_line(run_suite('--config=configs/resnet.py:tiny', '--config.scale=full', timeout=120))
+  line = _error_line(run_suite('--config=suite/configs/resnet.py:tiny', '--config.scale=full', timeout=120))
   assert 'the config file sets its scale' in line
   partial = tmp_path / 'partial.py'
   partial.write_text('import ml_collections\n\ndef get_config():\n'
@@ -159,12 +159,13 @@ def test_runs_passes_unknown_flags_to_every_run():
 
 def test_runs_and_sweeps_take_workload_and_scale_from_a_passed_config_file():
   from suite.results import runs, sweep  # pylint: disable=import-outside-toplevel
-  args, extra = runs.parse_args(['--output_dir=o', '--', '--config=configs/resnet.py:tiny', '--config.max_epochs=2'])
+  passed = ['--config=suite/configs/resnet.py:tiny', '--config.max_epochs=2']
+  args, extra = runs.parse_args(['--output_dir=o', '--', *passed])
   assert (args.workload, args.scale) == ('resnet', 'tiny')
-  assert extra == ['--config=configs/resnet.py:tiny', '--config.max_epochs=2']
-  args, _ = runs.parse_args(['--output_dir=o', '--scale=full', '--config=configs/resnet.py:tiny'])
+  assert extra == passed
+  args, _ = runs.parse_args(['--output_dir=o', '--scale=full', '--config=suite/configs/resnet.py:tiny'])
   assert args.scale == 'full'  # Given explicitly: suite.main refuses the disagreement in one line.
-  args, _ = sweep.parse_args(['--output_dir=o', '--sweep=config.max_epochs=1,2', '--config', 'configs/resnet.py'])
+  args, _ = sweep.parse_args(['--output_dir=o', '--sweep=config.max_epochs=1,2', '--config', 'suite/configs/resnet.py'])
   assert (args.workload, args.scale) == ('resnet', 'tiny')
 
 

@@ -42,7 +42,7 @@ _HELP = ('--help', '-help', '-h', '-?', '--helpshort', '-helpshort')
 _HELPFULL = ('--helpfull', '-helpfull')
 CONFIG_HELP = """
   --config: path/to/config.py[:ARG], a config file whose get_config(ARG) returns the workload's config with its
-    `workload` and `scale` (e.g. configs/resnet.py:tiny); default: the config of --workload/--variant/--scale.
+    `workload` and `scale` (e.g. suite/configs/resnet.py:tiny); default: the config of --workload/--variant/--scale.
   --config.KEY=VALUE: override one field of the config (nested: --config.optimizer.learning_rate=2.0);
     --print_config shows every field.
 """
@@ -145,7 +145,7 @@ def config_file_arg(argv: list[str]) -> str | None:
 def load_config_file(value: str):
   """The ConfigDict of `path/to/config.py[:ARG]`: its get_config(ARG), or get_config() without `:`."""
   path, colon, arg = value.partition(':')
-  usage = 'pass --config=path/to/config.py[:ARG] (e.g. --config=configs/resnet.py:tiny)'
+  usage = 'pass --config=path/to/config.py[:ARG] (e.g. --config=suite/configs/resnet.py:tiny)'
   if not os.path.isfile(path):
     raise UserError(f'--config={value}: no file {path}: {usage}')
   try:
@@ -163,7 +163,7 @@ def load_config_file(value: str):
     raise UserError(f'--config={value}: get_config({arg!r}) failed ({type(e).__name__}: {first_line(e)})') from None
   if not hasattr(config, 'unlocked') or any(key not in config for key in FILE_KEYS):
     raise UserError(f'--config={value}: get_config() must return a ConfigDict with `workload` and `scale` beside '
-                    "the workload's fields (start from registry.get_config, as configs/resnet.py does)")
+                    "the workload's fields (start from registry.get_config, as suite/configs/resnet.py does)")
   return config
 
 
@@ -187,7 +187,7 @@ def check_config_file(value: str, config) -> None:
     said = '; '.join(part for part in (missing and f"lacks {', '.join(missing)}",
                                        unknown and f"sets unknown {', '.join(unknown)}") if part)
     raise UserError(f"{where}: {said} for {config.workload} ({config.scale}): start from "
-                    "registry.get_config(workload, scale) and change its fields (see configs/resnet.py)")
+                    "registry.get_config(workload, scale) and change its fields (see suite/configs/resnet.py)")
   for name, file_value in file_values.items():
     FLAGS[name].value = file_value
 

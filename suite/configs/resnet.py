@@ -1,4 +1,4 @@
-"""ResNet as a config file: `python -m suite.main --config=configs/resnet.py:tiny` (or `:full`).
+"""ResNet as a config file: `python -m suite.main --config=suite/configs/resnet.py:tiny` (or `:full`).
 
 A config file's `get_config(arg)` returns the workload's config (an ml_collections ConfigDict) with two more
 fields: `workload` (its name in the registry) and `scale` (`full` or `tiny`: the scale it builds on, which decides
