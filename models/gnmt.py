@@ -187,7 +187,7 @@ class GNMT(nn.Module):
 
   def __call__(self, source_BxS, source_lengths_B, target_input_BxT, train: bool = False):
     memory = self.encode(source_BxS, source_lengths_B, train=train)
-    logits, _ = self._decode(target_input_BxT, self.init_decode_state(memory), memory, deterministic=not train)
+    logits, _, _ = self._decode(target_input_BxT, self.init_decode_state(memory), memory, deterministic=not train)
     return logits
 
   def encode(self, source_BxS, source_lengths_B, train: bool = False):
@@ -202,17 +202,24 @@ class GNMT(nn.Module):
 
   def decode_step(self, last_token_B, carry, memory):
     """One step of incremental decoding (no dropout): -> (float32 logits B x vocab, next carry)."""
-    logits_Bx1xV, carry = self._decode(last_token_B[:, None], carry, memory, deterministic=True)
+    logits_Bx1xV, carry, _ = self._decode(last_token_B[:, None], carry, memory, deterministic=True)
     return logits_Bx1xV[:, 0], carry
 
+  def decode_step_with_attention(self, last_token_B, carry, memory):
+    """`decode_step` that also returns the step's attention weights over the source (B x S float32, zero past
+    each source length), which GNMT's coverage penalty accumulates: -> (logits, attention, carry)."""
+    logits_Bx1xV, carry, weights_Bx1xS = self._decode(last_token_B[:, None], carry, memory, deterministic=True)
+    return logits_Bx1xV[:, 0], weights_Bx1xS[:, 0], carry
+
   def _decode(self, tokens_BxT, carry, memory, deterministic: bool):
-    """The reference's ResidualRecurrentDecoder over T steps, from the LSTM states in `carry`."""
+    """The reference's ResidualRecurrentDecoder over T steps, from the LSTM states in `carry`: -> (logits B x T x V,
+    final states, attention weights B x T x S)."""
     drop = functools.partial(self.drop, deterministic=deterministic)
     states = []
     x, state = self.decoder_lstms[0](drop(self.embed(tokens_BxT)), carry[0])
     states.append(state)
     # Attention reads only layer 0's output, so one call covers every step of the sequence.
-    attended, _ = self.attention(x, memory['keys'], memory['context'], memory['lengths'])
+    attended, weights_BxTxS = self.attention(x, memory['keys'], memory['context'], memory['lengths'])
     x, state = self.decoder_lstms[1](drop(jnp.concatenate([x, attended], axis=-1)), carry[1])
     states.append(state)
     for i in range(2, self.num_layers):
@@ -220,7 +227,7 @@ class GNMT(nn.Module):
       states.append(state)
       x = x + y
     logits = self.classifier(x).astype(jnp.float32)
-    return logits, tuple(states)
+    return logits, tuple(states), weights_BxTxS
 
 
 def step_fn(model: GNMT, variables, memory):
