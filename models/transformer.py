@@ -107,6 +107,19 @@ def padding_bias(tokens):
   return jnp.where(tokens == PAD_ID, NEG_INF, 0.0)[:, None, None, :].astype(jnp.float32)
 
 
+def segment_bias(query_segmentation, key_segmentation):
+  """[batch, 1, q_len, k_len]: NEG_INF unless query and key belong to the same packed pair (segment ids 1, 2, ...;
+  0 marks padding, which no query sees)."""
+  same = (query_segmentation[:, :, None] == key_segmentation[:, None, :]) & (key_segmentation[:, None, :] > 0)
+  return jnp.where(same, 0.0, NEG_INF)[:, None].astype(jnp.float32)
+
+
+def _positions(positions, length: int, d_model: int):
+  """Sinusoids at positions 0..length-1, or at each token's own position in its packed pair ([batch, length])."""
+  table = position_encoding(length, d_model)
+  return table if positions is None else jnp.take(table, positions, axis=0)
+
+
 def causal_bias(length: int):
   """[1, 1, length, length]: query i may see keys 0..i (model_utils.get_decoder_self_attention_bias)."""
   return jnp.where(jnp.tril(jnp.ones((length, length), bool)), 0.0, NEG_INF)[None, None].astype(jnp.float32)
@@ -255,33 +268,46 @@ class Transformer(nn.Module):
       logits = self.logits_dense(x)
     return logits.astype(jnp.float32)
 
-  def encode(self, inputs, deterministic: bool = True):
-    """inputs [batch, src_len] -> encoder output [batch, src_len, d_model]."""
-    x = self._embed(self.source_embed, inputs) + position_encoding(inputs.shape[1], self.cfg.d_model)
+  def encode(self, inputs, deterministic: bool = True, segmentation=None, positions=None):
+    """inputs [batch, src_len] -> encoder output [batch, src_len, d_model]. Packed rows (several pairs a row) pass
+    `segmentation` (1, 2, ... per pair, 0 at padding) and `positions` (0.. within each pair)."""
+    x = self._embed(self.source_embed, inputs) + _positions(positions, inputs.shape[1], self.cfg.d_model)
     x = self.embed_dropout(x.astype(self.cfg.dtype), deterministic=deterministic)
-    bias = padding_bias(inputs)
+    bias = padding_bias(inputs) if segmentation is None else segment_bias(segmentation, segmentation)
     for layer in self.encoder_layers:
       x = layer(x, bias, deterministic)
     return self.encoder_norm(x) if self.cfg.pre_norm else x
 
-  def decode(self, encoded, inputs, targets, deterministic: bool = True):
+  def decode(self, encoded, inputs, targets, deterministic: bool = True, inputs_segmentation=None,
+             targets_segmentation=None, targets_positions=None):
     """Teacher-forced logits [batch, tgt_len, vocab]: position t sees targets[:, :t] (shifted right by a zero
-    vector) and the whole source."""
+    vector) and the whole source. Packed rows pass both segmentations and the target positions: each pair's
+    first target position gets the zero vector, and attention stays within the pair."""
     length = targets.shape[1]
     x = self._embed(self.target_embed, targets)
     x = jnp.pad(x, ((0, 0), (1, 0), (0, 0)))[:, :-1]
-    x = x + position_encoding(length, self.cfg.d_model)
+    if targets_positions is not None:
+      x = jnp.where((targets_positions == 0)[..., None], jnp.zeros((), x.dtype), x)
+    x = x + _positions(targets_positions, length, self.cfg.d_model)
     x = self.embed_dropout(x.astype(self.cfg.dtype), deterministic=deterministic)
-    self_bias, cross_bias = causal_bias(length), padding_bias(inputs)
+    if targets_segmentation is None:
+      self_bias, cross_bias = causal_bias(length), padding_bias(inputs)
+    else:
+      self_bias = causal_bias(length) + segment_bias(targets_segmentation, targets_segmentation)
+      cross_bias = segment_bias(targets_segmentation, inputs_segmentation)
     for layer in self.decoder_layers:
       k, v = layer.cross_kv(encoded)
       x = layer(x, lambda y, attn: attn(y, y, self_bias, deterministic), k, v, cross_bias, deterministic)
     return self._logits(self.decoder_norm(x) if self.cfg.pre_norm else x)
 
-  def __call__(self, inputs, targets, train: bool = False):
-    """Training forward pass: logits [batch, tgt_len, vocab] for `targets` given `inputs` (dropout when train)."""
+  def __call__(self, inputs, targets, train: bool = False, *, inputs_segmentation=None, targets_segmentation=None,
+               inputs_position=None, targets_position=None):
+    """Training forward pass: logits [batch, tgt_len, vocab] for `targets` given `inputs` (dropout when train).
+    Packed rows (input_pipelines/translation.py `pack`) pass the four segmentation/position arrays."""
     deterministic = not train
-    return self.decode(self.encode(inputs, deterministic), inputs, targets, deterministic)
+    encoded = self.encode(inputs, deterministic, inputs_segmentation, inputs_position)
+    return self.decode(encoded, inputs, targets, deterministic, inputs_segmentation, targets_segmentation,
+                       targets_position)
 
   def cross_attention_kv(self, encoded):
     """Per decoder layer, the cross-attention keys and values of the encoder output (constant while decoding)."""

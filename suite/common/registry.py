@@ -9,8 +9,10 @@ import importlib
 from suite.common.errors import UserError
 
 WORKLOADS = {
+    'gnmt': 'suite.workloads.translation.gnmt',
     'resnet': 'suite.workloads.resnet',
     'ssd': 'suite.workloads.ssd',
+    'transformer': 'suite.workloads.translation.transformer',
 }
 
 

@@ -1,0 +1,204 @@
+"""What the translation workloads share: data, the label-smoothed loss, and BLEU of beam-search output.
+
+`TranslationWorkload` (subclassed by the `transformer` and `gnmt` workloads) implements the data hooks, `loss`,
+`eval_outputs`, `eval_metric` and `init_log_events` of the workload contract from three model hooks a subclass
+provides, plus its facts, config, optimizer and hyperparameters:
+
+- `init_variables(rng)` (the contract's);
+- `logits(params, model_state, batch, rng, train)` -> [batch, length, vocab] float32 teacher-forced logits of
+  a train batch (`batch` has input_pipelines/translation.py's FIELDS: `inputs`, `targets` and, packed, the
+  segmentations and positions);
+- `translate(params, model_state, inputs)` -> [batch, decode_length] int32 beam-search output (EOS then padding
+  after each sentence) for `inputs` [batch, eval_max_length].
+
+Class attribute `pack_rows`: True (default) packs several pairs into each training row (the model masks attention
+by segment); False gives one pair a row (`translation.pad_rows`).
+
+Config fields read here (`data_config(c, scale)` adds them with the generated corpus at tiny scale): dataset,
+train_split, eval_dataset, eval_split, source_lang, target_lang, vocab_file ('' = a whole-word vocabulary built
+from the training texts), max_length (training pairs longer on either side are discarded: MLPerf's
+`max_sequence_length`, method 'discard'), eval_max_length (eval sources are truncated to it; the decode length is
+eval_max_length + extra_decode_length), generated.{num_words, num_train, num_eval}, data_threads,
+label_smoothing, bleu_tokenize and bleu_lowercase (sacrebleu's options: how the reference scores), target,
+global_batch_size (rows of max_length tokens), eval_batch_size.
+
+BLEU is sacrebleu's corpus BLEU of the detokenised beam-search output against the reference texts of the eval
+split (`bleu`), reported as BLEU / 100 in `eval_accuracy` (what the 0.7.0 checker expects). Training metrics per
+step: `loss`, `target_tokens` (real target tokens in the global batch; tokens/s = target_tokens / step time) and
+`padding_fraction` of the batch.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import sacrebleu
+from absl import logging
+
+from input_pipelines import sources
+from input_pipelines import translation as pipeline
+from suite.common.errors import UserError
+from suite.workloads import base as workload_lib
+
+
+def bleu(hypotheses: list[str], references: list[str], *, tokenize: str = '13a', lowercase: bool = False) -> float:
+  """sacrebleu's corpus BLEU (0-100) of detokenised hypotheses against one reference each."""
+  return sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize, lowercase=lowercase).score
+
+
+def label_smoothed_cross_entropy(logits, targets, smoothing: float):
+  """(sum over real tokens of the smoothed cross-entropy, number of real tokens); padding (id 0) is masked.
+
+  The reference's padded_cross_entropy_loss (utils/metrics.py): the target gets 1 - smoothing, every other id
+  smoothing / (vocab - 1), and the entropy of that distribution is subtracted so that a perfect model scores 0.
+  """
+  vocab = logits.shape[-1]
+  confidence = 1.0 - smoothing
+  low = smoothing / (vocab - 1)
+  soft = low + (confidence - low) * jax.nn.one_hot(targets, vocab, dtype=jnp.float32)
+  xent = -jnp.sum(soft * jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+  normalizer = -(confidence * math.log(confidence) + (vocab - 1) * low * math.log(low + 1e-20)) if smoothing else 0.0
+  weights = (targets != pipeline.PAD_ID).astype(jnp.float32)
+  return jnp.sum((xent - normalizer) * weights), jnp.sum(weights)
+
+
+def data_config(c: ml_collections.ConfigDict, scale: str) -> None:
+  """Adds the shared data fields to a workload config: WMT at `full`, the generated corpus at `tiny`."""
+  c.dataset = 'wmt17_translate/de-en'
+  c.train_split = 'train'
+  c.eval_dataset = 'wmt14_translate/de-en'  # newstest2014, the references' eval set, is WMT14's test split.
+  c.eval_split = 'test'
+  c.source_lang, c.target_lang = 'en', 'de'
+  c.vocab_file = ''
+  c.max_length = 256
+  c.eval_max_length = 256
+  c.data_threads = 8
+  c.generated = ml_collections.ConfigDict(dict(num_words=0, num_train=0, num_eval=0))
+  if scale == 'tiny':
+    c.dataset = c.eval_dataset = 'generated'
+    c.eval_split = 'validation'
+    c.generated = ml_collections.ConfigDict(dict(num_words=64, num_train=4096, num_eval=256))
+    c.max_length = 64
+    c.eval_max_length = 24  # the longest generated source is 21 words + EOS
+    c.data_threads = 2
+
+
+class TranslationWorkload(workload_lib.Workload):
+  """The shared part of the translation workloads (see the module docstring)."""
+  metric_name = 'bleu'
+  pack_rows = True
+
+  def __init__(self, config, scale):
+    super().__init__(config, scale)
+    self.vocab: pipeline.Subtokenizer | None = None
+    self.train_rows: pipeline.Packed | None = None
+    self.eval_pairs: pipeline.TokenizedPairs | None = None
+    self.eval_references: list[str] = []
+    self.discarded_train_pairs = 0
+
+  # --- model hooks ---
+  def logits(self, params, model_state, batch: dict, rng, train: bool):
+    raise NotImplementedError
+
+  def translate(self, params, model_state, inputs):
+    raise NotImplementedError
+
+  # --- data ---
+  def open_data(self, data_dir):
+    c = self.config
+    data_dir = sources.resolve_data_dir(data_dir)
+    train_name, eval_name = c.dataset, c.eval_dataset
+    if 'generated' in (train_name, eval_name):
+      g = c.generated
+      name = pipeline.open_generated(data_dir, num_words=g.num_words, num_train=g.num_train, num_eval=g.num_eval)
+      train_name = name if train_name == 'generated' else train_name
+      eval_name = name if eval_name == 'generated' else eval_name
+    train = pipeline.open_pairs(train_name, c.train_split, data_dir, c.source_lang, c.target_lang)
+    evals = pipeline.open_pairs(eval_name, c.eval_split, data_dir, c.source_lang, c.target_lang, is_eval=True)
+    if c.vocab_file:
+      self.vocab = pipeline.Subtokenizer.from_file(c.vocab_file)
+    elif self.scale == 'full':
+      raise UserError("the full-scale translation benchmark needs the reference's subword vocabulary: "
+                      '--config.vocab_file=PATH/vocab.ende.32768 (BUILD.md: preparing WMT)')
+    else:
+      self.vocab = pipeline.Subtokenizer.from_texts(train.sources + train.targets)
+    self._check_vocab_size()
+    tokenized = pipeline.tokenize_pairs(train, self.vocab, c.max_length)
+    if not len(tokenized):
+      raise UserError(f'no training pair fits --config.max_length={c.max_length}: raise it')
+    self.discarded_train_pairs = tokenized.discarded
+    self.train_rows = (pipeline.pack if self.pack_rows else pipeline.pad_rows)(tokenized, c.max_length)
+    self.eval_pairs = pipeline.tokenize_pairs(evals, self.vocab, c.eval_max_length, keep_all=True)
+    self.eval_references = evals.targets
+    logging.info('translation data: %d training pairs (%d longer than %d discarded) in %d rows of %d tokens, '
+                 'padding fraction %.4f; %d eval sentences; vocabulary %d', len(tokenized), tokenized.discarded,
+                 c.max_length, len(self.train_rows), c.max_length, self.train_rows.padding_fraction, len(evals),
+                 self.vocab.vocab_size)
+
+  def _check_vocab_size(self) -> None:
+    """The model's vocabulary must hold every id the tokenizer makes; a subclass compares its model size."""
+
+  @property
+  def padding_fraction(self) -> float:
+    """Padding share of a training epoch's token slots (sources and targets)."""
+    return self.train_rows.padding_fraction
+
+  @property
+  def num_train_examples(self):
+    return len(self.train_rows)
+
+  @property
+  def num_eval_examples(self):
+    return len(self.eval_pairs)
+
+  def train_batches(self, seed, process_index, process_count, start_step=0):
+    return pipeline.train_batches(self.train_rows, global_batch_size=self.global_batch_size, seed=seed,
+                                  process_index=process_index, process_count=process_count,
+                                  num_threads=self.config.data_threads, start_batch=start_step)
+
+  def eval_batches(self, process_index, process_count):
+    return pipeline.eval_batches(self.eval_pairs, self.config.eval_max_length,
+                                 global_batch_size=self.config.eval_batch_size, process_index=process_index,
+                                 process_count=process_count, num_threads=self.config.data_threads)
+
+  def batch_shapes(self, global_batch_size, train):
+    if train:
+      return pipeline.train_batch_shapes(global_batch_size, self.config.max_length)
+    return pipeline.eval_batch_shapes(self.config.eval_batch_size, self.config.eval_max_length)
+
+  # --- loss and BLEU ---
+  def loss(self, params, model_state, batch, rng):
+    logits = self.logits(params, model_state, batch, rng, train=True)
+    total, tokens = label_smoothed_cross_entropy(logits, batch['targets'], self.config.label_smoothing)
+    real = jnp.sum(batch['inputs_segmentation'] > 0) + jnp.sum(batch['targets_segmentation'] > 0)
+    metrics = {'target_tokens': tokens, 'padding_fraction': 1.0 - real / (2 * batch['targets'].size)}
+    return total / jnp.maximum(tokens, 1.0), (model_state, metrics)
+
+  def eval_outputs(self, params, model_state, batch):
+    tokens = self.translate(params, model_state, batch['inputs'])
+    return {'tokens': tokens, 'index': batch['index'], 'mask': batch['mask']}
+
+  def detokenize(self, ids) -> str:
+    return self.vocab.decode(pipeline.strip_eos(ids))
+
+  def eval_metric(self, outputs):
+    """BLEU / 100 of the whole eval split: every sentence's translation, in split order, against its reference."""
+    hypotheses = [''] * len(self.eval_references)
+    seen = 0
+    for out in outputs:
+      for ids, index, mask in zip(np.asarray(out['tokens']), np.asarray(out['index']), np.asarray(out['mask'])):
+        if mask > 0:
+          hypotheses[int(index)] = self.detokenize(ids)
+          seen += 1
+    if seen != len(self.eval_pairs):
+      raise RuntimeError(f'the eval pass translated {seen} of {len(self.eval_pairs)} sentences')
+    c = self.config
+    return bleu(hypotheses, self.eval_references, tokenize=c.bleu_tokenize, lowercase=c.bleu_lowercase) / 100.0
+
+  def init_log_events(self, params):
+    del params
+    return [('max_sequence_length', self.config.max_length,
+             {'method': 'discard', 'discarded_train_pairs': self.discarded_train_pairs,
+              'train_padding_fraction': round(self.padding_fraction, 6)})]
