@@ -1,7 +1,8 @@
 """The generated translation corpus: deterministic, read like wmt16_translate/de-en, and hard to fake.
 
 "Hard to fake" is measured with sacrebleu, the scorer the translation workloads use: copying the source or mapping it
-word by word (a model that learnt the lexicon but not the reordering) scores far below the true translation.
+word by word (a model that learnt the lexicon but not the reordering) scores far below the rule-based translation,
+which itself scores below 100 (the reference noise, so that a logged BLEU / 100 stays under 1.0).
 """
 
 import collections
@@ -60,7 +61,7 @@ def test_written_like_wmt16_de_en_and_deterministic(written, lexicon):
   assert builder.info.supervised_keys == ('de', 'en')
   assert {s: builder.info.splits[s].num_examples for s in ('train', 'validation', 'test')} == {
       'train': 48, 'validation': 16, 'test': 16}
-  assert any('.array_record-' in f for f in os.listdir(os.path.join(dir_a, name, '1.0.0')))
+  assert any('.array_record-' in f for f in os.listdir(os.path.join(dir_a, name, '1.1.0')))
   for split in ('train', 'validation', 'test'):
     records_a, records_b = _records(name, dir_a, split), _records(name, dir_b, split)
     assert records_a == records_b  # Two writes, identical records.
@@ -74,13 +75,23 @@ def test_written_like_wmt16_de_en_and_deterministic(written, lexicon):
   # Validation and test are different sentences.
   assert _records(name, dir_a, 'validation') != _records(name, dir_a, 'test')
   # Already prepared: a second call writes nothing and gives the same name.
-  mtime = os.path.getmtime(os.path.join(dir_a, name, '1.0.0', 'dataset_info.json'))
+  mtime = os.path.getmtime(os.path.join(dir_a, name, '1.1.0', 'dataset_info.json'))
   assert gt.ensure_generated_translation(dir_a, **SIZES) == name
-  assert os.path.getmtime(os.path.join(dir_a, name, '1.0.0', 'dataset_info.json')) == mtime
+  assert os.path.getmtime(os.path.join(dir_a, name, '1.1.0', 'dataset_info.json')) == mtime
 
 
-def test_target_is_a_function_of_the_source_text(sample, lexicon):
-  assert all(gt.translate(e['en'], lexicon) == e['de'] for e in sample)
+def test_target_is_the_rule_translation_but_for_the_reference_noise(sample, lexicon):
+  noisy = 0
+  for e in sample:
+    rule, reference = gt.tokenize(gt.translate(e['en'], lexicon)), gt.tokenize(e['de'])
+    assert len(rule) == len(reference)
+    wrong = [(a, b) for a, b in zip(rule, reference) if a != b]
+    assert len(wrong) <= 1  # At most one word replaced, by another of the same part of speech.
+    if wrong:
+      noisy += 1
+      (a, b), = wrong
+      assert any(a in lexicon.de[pos] and b in lexicon.de[pos] for pos in ('noun', 'adj', 'verb'))
+  assert 0.07 < noisy / NUM_SAMPLE < 0.13  # REFERENCE_NOISE = 0.1.
   assert gt.parse(sample[0]['en'], lexicon)['main']['verb'] >= 0
   with pytest.raises(ValueError, match='unknown word'):
     gt.parse('hello world.', lexicon)
@@ -121,6 +132,8 @@ def test_copying_or_word_by_word_scores_far_below_the_translation(sample, lexico
     return sacrebleu.corpus_bleu(hypotheses, references).score
 
   assert bleu([e['de'] for e in sample]) == pytest.approx(100.0)
+  rules = bleu([gt.translate(e['en'], lexicon) for e in sample])
+  assert 95.0 < rules < 99.5  # The best a model can do (the noise is unpredictable): measured 97.7.
   assert bleu([e['en'] for e in sample]) < 1.0  # Copying: only full stops match.
   word_by_word = bleu([gt.word_by_word(e['en'], lexicon) for e in sample])
-  assert 10.0 < word_by_word < 30.0  # Right words, wrong order: measured 18.6.
+  assert 10.0 < word_by_word < 30.0  # Right words, wrong order: measured 18.1.
