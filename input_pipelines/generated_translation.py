@@ -87,6 +87,11 @@ class Lexicon:
   def target_vocabulary(self) -> list[str]:
     return [w for words in self.de.values() for w in words] + [',', '.']
 
+  def joint_vocabulary(self) -> list[str]:
+    """Every token of both languages once (for a shared embedding, as GNMT and the Transformer use), one per line
+    in the layout of the reference's vocab.bpe.32000 file (no special tokens: the tokenizer adds them)."""
+    return self.source_vocabulary()[:-1] + self.target_vocabulary()
+
 
 def _word_forms(rng: np.random.Generator, onsets, vowels, count: int, taken: set) -> list[str]:
   """`count` distinct pronounceable words of 1-3 syllables not in `taken` (which grows)."""

@@ -113,6 +113,14 @@ def test_every_reordering_rule_occurs_often(sample, lexicon):
   assert reordered / NUM_SAMPLE > 0.9  # Under one sentence in 10 keeps the source order.
 
 
+def test_vocabulary_covers_every_token(sample, lexicon):
+  joint = lexicon.joint_vocabulary()
+  assert len(joint) == len(set(joint)) == SIZES['num_words'] + gt.NUM_DETERMINERS + 1 + SIZES['num_words'] + \
+      gt.NUM_DETERMINERS + 1 + 2  # Content words, determiners and 'that' on each side, then ',' and '.'.
+  for lang, vocab in (('en', lexicon.source_vocabulary()), ('de', lexicon.target_vocabulary())):
+    assert {t for e in sample for t in gt.tokenize(e[lang])} == set(vocab)  # No unknown token, none unused.
+
+
 def test_sentence_lengths(sample):
   lengths = {lang: np.array([len(gt.tokenize(e[lang])) for e in sample]) for lang in ('en', 'de')}
   # 6 tokens minimum (DET NOUN VERB DET NOUN .), 22 at most (adverb, two clauses of 2-adjective noun phrases, comma).
