@@ -117,6 +117,8 @@ REFERENCE_PARAMS = {
     # 37,060,652 parameters() + 68,224 frozen BN weight and bias.
     ('ssd', 'retinanet'): sum(mlperf_retinanet_params()),
     ('ssd', 'ssd300'): mlperf_ssd300_params(),
+    # The TF reference's Transformer-big variables (tests/test_transformer_model.py counts them layer by layer).
+    ('transformer', 'big'): 210_804_736,
 }
 
 

@@ -115,14 +115,14 @@ class TranslationWorkload(workload_lib.Workload):
       name = pipeline.open_generated(data_dir, num_words=g.num_words, num_train=g.num_train, num_eval=g.num_eval)
       train_name = name if train_name == 'generated' else train_name
       eval_name = name if eval_name == 'generated' else eval_name
-    train = pipeline.open_pairs(train_name, c.train_split, data_dir, c.source_lang, c.target_lang)
-    evals = pipeline.open_pairs(eval_name, c.eval_split, data_dir, c.source_lang, c.target_lang, is_eval=True)
     if c.vocab_file:
       self.vocab = pipeline.Subtokenizer.from_file(c.vocab_file)
     elif self.scale == 'full':
       raise UserError("the full-scale translation benchmark needs the reference's subword vocabulary: "
                       '--config.vocab_file=PATH/vocab.ende.32768 (BUILD.md: preparing WMT)')
-    else:
+    train = pipeline.open_pairs(train_name, c.train_split, data_dir, c.source_lang, c.target_lang)
+    evals = pipeline.open_pairs(eval_name, c.eval_split, data_dir, c.source_lang, c.target_lang, is_eval=True)
+    if self.vocab is None:
       self.vocab = pipeline.Subtokenizer.from_texts(train.sources + train.targets)
     self._check_vocab_size()
     tokenized = pipeline.tokenize_pairs(train, self.vocab, c.max_length)
