@@ -144,6 +144,17 @@ class TransformerWorkload(common.TranslationWorkload):
                                      eos_id=transformer_lib.EOS_ID, alpha=c.alpha, length_penalty_kind='gnmt')
     return result.sequences
 
+  def model_flops_per_example(self):
+    """Training FLOPs of one packed row (3 x forward, 2 FLOPs a multiply-add), counted from the layer shapes: the
+    dense projections, the attention score and value products over the whole row (as computed: the segment mask
+    removes nothing from the matmuls), and the output projection onto the vocabulary."""
+    m, length = self.model_config, self.config.max_length
+    d, f = m.d_model, m.ffn_size
+    encoder = m.num_encoder_layers * (4 * d * d + 2 * d * f + 2 * length * d)
+    decoder = m.num_decoder_layers * ((4 * d * d + 2 * length * d) + (4 * d * d + 2 * length * d) + 2 * d * f)
+    macs = length * (encoder + decoder + d * m.vocab_size)
+    return 3 * 2 * macs
+
   # --- optimisation ---
   def learning_rate_schedule(self, steps_per_epoch):
     del steps_per_epoch  # The reference's schedule counts steps.
