@@ -137,6 +137,36 @@ def test_bleu_is_sacrebleus():
   assert lowercase > expected  # 'Hello' matches 'hello' only uncased.
 
 
+def test_eval_metric_scores_each_translation_against_its_own_reference(data_dir):
+  """eval_metric puts each decoded row back at its split index (rows come longest first, padding rows masked):
+  the references themselves score 1.0, their word-by-word versions what sacrebleu gives them."""
+  workload = registry.make_workload('transformer', registry.get_config('transformer', 'tiny'), 'tiny')
+  workload.open_data(data_dir)
+  lexicon = gt.make_lexicon(SIZES['num_words'])
+  references = workload.eval_references
+  assert len(references) == workload.num_eval_examples == 256
+
+  def outputs(texts):
+    result = []
+    for batch in workload.eval_batches(0, 1):
+      tokens = np.zeros((len(batch['index']), workload.decode_length), np.int32)
+      for row, index in enumerate(batch['index']):
+        if index >= 0:
+          ids = workload.vocab.encode(texts[index]) + [pipeline.EOS_ID]
+          tokens[row, :len(ids)] = ids
+      result.append({'tokens': tokens, 'index': batch['index'], 'mask': batch['mask']})
+    return result
+
+  assert workload.eval_metric(outputs(references)) == pytest.approx(1.0)
+  sources = [''] * len(references)
+  for ids, index in zip(workload.eval_pairs.sources, workload.eval_pairs.index):
+    sources[index] = workload.vocab.decode(pipeline.strip_eos(ids))
+  word_by_word = [gt.word_by_word(source, lexicon) for source in sources]
+  expected = sacrebleu.corpus_bleu(word_by_word, [references]).score / 100
+  assert workload.eval_metric(outputs(word_by_word)) == pytest.approx(expected)
+  assert 0.1 < expected < 0.3
+
+
 def test_full_config_is_the_reference():
   config = registry.get_config('transformer', 'full')
   workload = registry.make_workload('transformer', config, 'full')
