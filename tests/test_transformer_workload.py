@@ -235,7 +235,7 @@ def test_tiny_transformer_reaches_its_bleu_with_a_compliant_closed_log(tmp_path,
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['status'] == 'success' and summary['target'] == 0.6
-  assert summary['final_metric'] >= 0.6  # BLEU 60; word-by-word translation scores 18.6 (test_generated_translation)
+  assert summary['final_metric'] >= 0.6  # BLEU 60; word-by-word translation scores 18.1 (test_generated_translation)
   assert summary['compiles_after_run_start'] == 0
   # The analytic FLOPs of a packed row (projections, attention products, vocabulary) against everything XLA counts
   # in the compiled step: measured 3.57 and 3.67 GFLOPs a step.
