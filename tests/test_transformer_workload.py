@@ -47,6 +47,12 @@ def test_reference_subtokenizer_round_trips_and_splits_unknown_words(tmp_path, c
   assert vocab.encode('Welle') == [6, 7, 8, 8, 7, 10]  # Not a whole word: its characters, then the end mark.
   assert vocab.decode([2, 5, 3, 4]) == 'Hallo, Welt!'
   assert vocab.decode(pipeline.strip_eos([2, 5, 3, 4, pipeline.EOS_ID, 3, 0])) == 'Hallo, Welt!'
+  # The reference's escapes: '_' -> '\\u', '\\' -> '\\\\', a character outside the alphabet -> '\\<code point>;'.
+  small = pipeline.Subtokenizer.from_texts(['ab cd'])
+  for text in ('a_b', 'c\\d', 'Grüße, ab!', '\u3013 ab'):
+    assert small.decode(small.encode(text)) == text, text
+  assert small.subtokens[small.encode('ü')[0]] == '\\'  # 'ü' is spelt '\\252;_' in subtokens of the alphabet.
+  assert ''.join(small.subtokens[i] for i in small.encode('ü')) == '\\252;_'
   # The tiny corpus's own vocabulary: whole words, every sentence round-trips.
   built = pipeline.Subtokenizer.from_texts(corpus.sources + corpus.targets)
   assert built.subtokens == pipeline.Subtokenizer.from_texts(corpus.sources + corpus.targets).subtokens
