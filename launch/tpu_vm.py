@@ -22,7 +22,8 @@ import time
 
 from absl import app, flags
 
-from launch.common import flag_value, with_platform
+from launch.common import with_platform
+from suite.common.cli import flag_value
 
 _UPLOAD_DIR = '.mlperf-jax-suite-upload'  # Staging copy on each worker; see install_commands.
 

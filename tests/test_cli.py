@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from suite.common import errors
+from suite.common import cli, errors
 from tests.conftest import REPO, run_suite
 
 
@@ -173,3 +173,10 @@ def test_library_modules_run_as_their_commands():
   """`python -m suite.results.runs` is `python -m suite.runs` (tests and older notes use both forms)."""
   result = run_suite('--output_dir=/tmp/never', '--num_runs=x', module='suite.runs', timeout=60)
   assert 'num_runs' in _error_line(result)
+
+
+def test_flag_value_reads_passed_through_flags_as_absl_would():
+  args = ['--variant=ssd300', '--data_dir', '/d', '-seed=3', '--variant', 'retinanet', '--config.x=1']
+  assert cli.flag_value(args, 'variant') == 'retinanet'  # The last one wins.
+  assert cli.flag_value(args, 'data_dir') == '/d' and cli.flag_value(args, 'seed') == '3'
+  assert cli.flag_value(args, 'config') is None and cli.flag_value(args, 'platform') is None

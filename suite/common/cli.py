@@ -131,15 +131,20 @@ def division() -> str:
   return FLAGS.division or ('closed' if FLAGS.scale == 'full' else 'open')
 
 
-def config_file_arg(argv: list[str]) -> str | None:
-  """The value of --config=PATH[:ARG] (or --config PATH), if the command line names a config file."""
-  args = _before_dashes(argv[1:])
+def flag_value(args: list[str], name: str) -> str | None:
+  """The value of --NAME=VALUE (or -NAME=VALUE, --NAME VALUE) among command-line args, None when absent; the last
+  one wins, as in absl. For flags passed through to suite.main (runs, sweep, the launchers)."""
   value = None
   for i, arg in enumerate(args):
-    name, eq, rest = arg.lstrip('-').partition('=')
-    if arg.startswith('-') and name == 'config':
+    key, eq, rest = arg.lstrip('-').partition('=')
+    if arg.startswith('-') and key == name:
       value = rest if eq else (args[i + 1] if i + 1 < len(args) else '')
   return value
+
+
+def config_file_arg(argv: list[str]) -> str | None:
+  """The value of --config=PATH[:ARG] (or --config PATH), if the command line names a config file."""
+  return flag_value(_before_dashes(argv[1:]), 'config')
 
 
 def load_config_file(value: str):

@@ -191,7 +191,7 @@ def run_set(workload: str, scale: str, num_runs: int | None, output_dir: str, ba
             on_run: Callable[[dict], None] | None = None) -> dict:
   """Runs the set one run after another, writes DIR/score.json and returns it. Raises BadInput on exit 2."""
   extra_args = list(extra_args or [])
-  num_runs = num_runs or score_lib.num_runs(workload, _flag_value(extra_args, 'variant'))
+  num_runs = num_runs or score_lib.num_runs(workload, (cli_lib.flag_value(extra_args, 'variant') or ''))
   specs = plan(output_dir, num_runs, base_seed)
   runs = []
   bar = console.progress_bar(num_runs, 'run', stream=stream, desc=f'{workload} {scale} set')  # Terminal only.
@@ -210,17 +210,6 @@ def run_set(workload: str, scale: str, num_runs: int | None, output_dir: str, ba
             'base_seed': base_seed, 'extra_args': extra_args, **summarize(runs, workload), 'runs': runs}
   outputs.write_json(os.path.join(output_dir, SCORE_FILE), result, sort_keys=False)
   return result
-
-
-def _flag_value(args: list[str], name: str) -> str:
-  """The value of --NAME=V or --NAME V among pass-through flags ('' when absent; the last one wins, as in absl)."""
-  value = ''
-  for i, arg in enumerate(args):
-    if arg.startswith(f'--{name}='):
-      value = arg.split('=', 1)[1]
-    elif arg == f'--{name}' and i + 1 < len(args):
-      value = args[i + 1]
-  return value
 
 
 def rescore(output_dir: str) -> dict:
