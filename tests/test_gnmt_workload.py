@@ -1,0 +1,88 @@
+"""The `gnmt` workload: the reference's parameter count and learning-rate schedule, and the tiny run end to end."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from suite.common import mlperf_log, registry
+from suite.workloads.translation import gnmt
+from tests.conftest import check_log, run_suite
+
+# Every key closed_gnmt.yaml (training 0.7.0) requires exactly once.
+CLOSED_GNMT_KEYS = ('global_batch_size', 'opt_base_learning_rate', 'opt_learning_rate_alt_decay_func',
+                    'opt_learning_rate_decay_factor', 'opt_learning_rate_decay_interval',
+                    'opt_learning_rate_decay_steps', 'opt_learning_rate_remain_steps', 'max_sequence_length',
+                    'opt_learning_rate_alt_warmup_func', 'opt_learning_rate_warmup_steps')
+
+
+def test_full_config_is_the_reference_model():
+  config = registry.get_config('gnmt', 'full')
+  assert (config.model.vocab_size, config.model.hidden, config.model.num_layers, config.beam_size) == (32320, 1024,
+                                                                                                         4, 5)
+  workload = registry.make_workload('gnmt', config, 'full')
+  params, _ = jax.eval_shape(workload.init_variables, jax.random.PRNGKey(0))
+  assert sum(math.prod(p.shape) for p in jax.tree.leaves(params)) == 160_671_297
+
+
+def reference_lr(base, t, warmup, remain, interval, decay_steps, factor):
+  """WarmupMultiStepLR.get_lr (rnn_translator seq2seq/train/lr_scheduler.py) at the scheduler's step t."""
+  if t <= warmup:
+    warmup_factor = math.exp(math.log(0.01) / warmup) if warmup != 0 else 1.0
+    return base * warmup_factor**(warmup - t)
+  if t >= remain:
+    return base * factor**min((t - remain) // interval + 1, decay_steps)
+  return base
+
+
+def test_schedule_is_the_reference_warmup_multistep():
+  # 1,000 steps at the reference's settings: warm-up 200, decay from int(0.666 * 1000) = 666 every
+  # (1000 - 666) // 4 = 83 steps, four halvings at most.
+  assert gnmt.schedule_steps(1000, warmup_steps=200, remain_steps=0.666, decay_interval=0, decay_steps=4) == (
+      200, 666, 83)
+  schedule = gnmt.gnmt_schedule(1e-3, 1000)
+  # Update n runs at scheduler step n + 1 (the reference steps its scheduler before the optimizer).
+  by_hand = {0: 1e-3 * 0.01**(199 / 200), 99: 1e-4, 199: 1e-3, 400: 1e-3, 664: 1e-3, 665: 5e-4, 747: 5e-4,
+             748: 2.5e-4, 900: 1.25e-4, 998: 6.25e-5, 5000: 6.25e-5}
+  for n, lr in by_hand.items():
+    np.testing.assert_allclose(float(schedule(n)), lr, rtol=1e-5, err_msg=str(n))
+    np.testing.assert_allclose(float(schedule(n)), reference_lr(1e-3, n + 1, 200, 666, 83, 4, 0.5), rtol=1e-5)
+  # Fractions, an explicit interval, and a warm-up longer than remain_steps (cut to it), as the reference resolves.
+  assert gnmt.schedule_steps(1000, warmup_steps=0.1, remain_steps=300, decay_interval=0.05, decay_steps=2) == (
+      100, 300, 50)
+  assert gnmt.schedule_steps(100, warmup_steps=200, remain_steps=0.5, decay_interval=0, decay_steps=4) == (
+      50, 50, 12)
+  schedule = gnmt.gnmt_schedule(2.0, 100, warmup_steps=200, remain_steps=0.5, decay_steps=4, decay_factor=0.1)
+  for n in (0, 30, 48, 49, 60, 99):
+    np.testing.assert_allclose(float(schedule(n)), reference_lr(2.0, n + 1, 50, 50, 12, 4, 0.1), rtol=1e-5)
+
+
+def test_hyperparameters_log_the_resolved_schedule():
+  config = registry.get_config('gnmt', 'full')
+  workload = registry.make_workload('gnmt', config, 'full')
+  hp = workload.hyperparameters(steps_per_epoch=3000.0)  # 8 epochs: 24,000 steps
+  assert hp['opt_name'] == 'adam' and hp['opt_base_learning_rate'] == 1e-3
+  assert (hp['opt_learning_rate_warmup_steps'], hp['opt_learning_rate_remain_steps'],
+          hp['opt_learning_rate_decay_interval']) == (200, 15984, 2004)
+  assert (hp['opt_learning_rate_decay_steps'], hp['opt_learning_rate_decay_factor']) == (4, 0.5)
+  assert hp['opt_learning_rate_alt_decay_func'] is True and hp['opt_learning_rate_alt_warmup_func'] is True
+
+
+@pytest.mark.slow
+def test_tiny_gnmt_reaches_its_bleu_target_with_a_compliant_closed_log(tmp_path, data_dir):
+  """A closed run of the tiny config: its log passes the 0.7.0 closed GNMT rules (every schedule key, and
+  eval_accuracy >= 0.24, which only training reaches)."""
+  out = tmp_path / 'run'
+  result = run_suite('--workload=gnmt', '--scale=tiny', '--division=closed', '--seed=3', f'--data_dir={data_dir}',
+                     f'--output_dir={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['status'] == 'success' and summary['final_metric'] >= summary['target'] == 0.6
+  assert summary['compiles_after_run_start'] == 0  # The train step and the beam search compile before the clock.
+  checker = check_log(str(out / 'result_0.txt'), '0.7.0')
+  assert checker.returncode == 0 and 'SUCCESS' in checker.stdout + checker.stderr, checker.stdout + checker.stderr
+  keys = [e['key'] for e in mlperf_log.read_events(out / 'result_0.txt', strict=True)]
+  for key in CLOSED_GNMT_KEYS:
+    assert keys.count(key) == 1, key
