@@ -197,6 +197,18 @@ def check_config_file(value: str, config) -> None:
     FLAGS[name].value = file_value
 
 
+def parse_pass_through(prog: str, argv: list[str], flag_values: flags.FlagValues | None,
+                       define_flags: Callable[[flags.FlagValues], None]) -> tuple[flags.FlagValues, list[str]]:
+  """For the commands that pass flags on to suite.main runs (runs, sweep): their own flags parsed from `argv` (no
+  program name; into a fresh FlagValues unless given one), and the rest, passed to every run, without a `--`."""
+  if flag_values is None:
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+  passed_on = [a for a in parse_flags([prog, *argv], flag_values, known_only=True)[1:] if a != '--']
+  adopt_config_file(flag_values, passed_on)
+  return flag_values, passed_on
+
+
 def adopt_config_file(flag_values: flags.FlagValues, passed_on: list[str]) -> None:
   """For the commands that pass flags on to suite.main runs (runs, sweep): a config file among them names the
   workload and scale, unless --workload/--scale are given (suite.main then checks that they agree)."""

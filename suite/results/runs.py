@@ -249,11 +249,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def parse_args(argv: list[str], flag_values: flags.FlagValues | None = None) -> tuple[flags.FlagValues, list[str]]:
   """This command's flags from `argv` (no program name; into a fresh FlagValues unless given one) and the flags
   passed to every run, without a `--` before them. Bad input: one `error:` line and exit status 2."""
-  if flag_values is None:
-    flag_values = flags.FlagValues()
-    define_flags(flag_values)
-  extra = [a for a in cli_lib.parse_flags(['suite.runs', *argv], flag_values, known_only=True)[1:] if a != '--']
-  cli_lib.adopt_config_file(flag_values, extra)
+  flag_values, extra = cli_lib.parse_pass_through('suite.runs', argv, flag_values, define_flags)
   if flag_values.output_dir is None:
     cli_lib.fail("pass --output_dir=DIR: the set's folder (run_<k>/ and score.json)")
   reserved = [a for a in extra if a.split('=')[0] in ('--seed', '--output_dir')]
