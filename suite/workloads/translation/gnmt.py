@@ -215,7 +215,7 @@ class GNMTWorkload(common.TranslationWorkload):
 
     encoder = 2 * lstm(h) + lstm(2 * h) + (layers - 2) * lstm(h)
     decoder = lstm(h) + (layers - 1) * lstm(2 * h)
-    attention_per_step = h * h + 3 * length * h  # query projection; scores (tanh sum, v dot) and context
+    attention_per_step = h * h + 2 * length * h  # query projection, scores (v . tanh(q + k)) and context
     macs = length * (encoder + h * h) + length * (decoder + attention_per_step + h * m.vocab_size)
     return 6.0 * macs
 
