@@ -119,6 +119,8 @@ REFERENCE_PARAMS = {
     ('ssd', 'ssd300'): mlperf_ssd300_params(),
     # The TF reference's Transformer-big variables (tests/test_transformer_model.py counts them layer by layer).
     ('transformer', 'big'): 210_804_736,
+    # The PyTorch rnn_translator reference at its 32,320-token vocabulary (models/gnmt.py says where it comes from).
+    ('gnmt', 'gnmt_v2'): 160_671_297,
 }
 
 
