@@ -27,6 +27,14 @@ def test_full_config_is_the_reference_model():
   workload = registry.make_workload('gnmt', config, 'full')
   params, _ = jax.eval_shape(workload.init_variables, jax.random.PRNGKey(0))
   assert sum(math.prod(p.shape) for p in jax.tree.leaves(params)) == 160_671_297
+  # The train and eval steps trace at the full shapes (no compile): pairs of 50 tokens, beam search over sources of
+  # 150 for up to 149 tokens.
+  train = workload.batch_shapes(config.global_batch_size, train=True)
+  loss, _ = jax.eval_shape(workload.loss, params, {}, train, jax.random.PRNGKey(0))
+  assert loss.shape == () and train['inputs'].shape == (1024, 50)
+  evals = workload.batch_shapes(config.eval_batch_size, train=False)
+  outputs = jax.eval_shape(workload.eval_outputs, params, {}, evals)
+  assert outputs['tokens'].shape == (128, 149) and evals['inputs'].shape == (128, 150)
 
 
 def reference_lr(base, t, warmup, remain, interval, decay_steps, factor):
