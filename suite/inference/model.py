@@ -73,7 +73,7 @@ def compile_predictor(workload: Workload, mesh, params, model_state, batch_sizes
   """Lowers and compiles the forward for each batch size, with the weights as arguments (not baked-in
   constants) in the layout they were restored to."""
   start = time.perf_counter()
-  image = workload.batch_shapes(1, train=False)['image']
+  image = workload.batch_shapes(1, train=False)[workload.inference_input_key]
   forward = jax.jit(workload.predict)
   abstract = lambda tree: jax.tree.map(  # noqa: E731
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

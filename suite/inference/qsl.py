@@ -17,21 +17,23 @@ def eval_samples(batches: Iterator[dict]) -> Iterator[tuple[int, dict]]:
 
 
 def eval_metadata(workload: Workload) -> list[dict]:
-  """Every eval sample's non-image fields (label, or image id and size), for scoring by index."""
-  return [{k: v for k, v in example.items() if k not in ('image', 'mask')}
+  """Every eval sample's fields but its input (label, image id and size, sentence index), for scoring by index."""
+  return [{k: v for k, v in example.items() if k not in (workload.inference_input_key, 'mask')}
           for _, example in eval_samples(workload.eval_batches(process_index=0, process_count=1))]
 
 
 class SampleLibrary:
-  """Loads the images LoadGen asks for (its performance set) and drops them when told to.
+  """Loads the samples (images, sentences) LoadGen asks for (its performance set) and drops them when told to.
 
   Samples come from the same pipeline as training's eval (`workload.eval_batches`), so inference sees exactly
   the preprocessed inputs the eval accuracy was measured on. A load reads the split once and keeps only the
   requested indices, so memory follows the performance sample count, not the dataset size.
   """
 
-  def __init__(self, batches_fn: Callable[[], Iterator[dict]], total_count: int, performance_count: int):
+  def __init__(self, batches_fn: Callable[[], Iterator[dict]], total_count: int, performance_count: int,
+               key: str = 'image'):
     self._batches_fn = batches_fn
+    self.key = key  # The eval batch key a sample's input is (the workload's `inference_input_key`).
     self.total_count = total_count
     self.performance_count = min(performance_count, total_count)
     self.images: dict[int, np.ndarray] = {}
@@ -39,7 +41,7 @@ class SampleLibrary:
   @classmethod
   def for_workload(cls, workload: Workload, performance_count: int) -> 'SampleLibrary':
     return cls(lambda: workload.eval_batches(process_index=0, process_count=1), workload.num_eval_examples,
-               performance_count)
+               performance_count, workload.inference_input_key)
 
   def load(self, indices: list[int]) -> None:
     wanted = set(indices) - set(self.images)
@@ -47,7 +49,7 @@ class SampleLibrary:
       return
     for index, example in eval_samples(self._batches_fn()):
       if index in wanted:
-        self.images[index] = example['image']
+        self.images[index] = example[self.key]
         wanted.discard(index)
         if not wanted:
           break

@@ -68,7 +68,7 @@ class InferOptions:
   offline_batch_size: int = 128
 
 
-def batch_policy(scenario: str, settings, options: InferOptions):
+def batch_policy(scenario: str, settings, options: InferOptions, by_index: bool = False):
   """How the SUT batches: one query's samples in the stream scenarios, large batches Offline, dynamic Server."""
   from suite.inference.sut import BatchPolicy  # pylint: disable=import-outside-toplevel
   if scenario == 'SingleStream':
@@ -77,7 +77,7 @@ def batch_policy(scenario: str, settings, options: InferOptions):
     return BatchPolicy(settings.multi_stream_samples_per_query)
   if scenario == 'Server':
     return BatchPolicy(options.server_batch_size, options.server_batch_timeout_ms / 1e3)
-  return BatchPolicy(options.offline_batch_size)
+  return BatchPolicy(options.offline_batch_size, by_index=by_index)
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
@@ -114,7 +114,7 @@ def build(workload, options: InferOptions, checkpoint: str):
                                           options.overrides, workload.num_eval_examples)
   mesh = sharding.make_mesh()
   params, model_state = infer_model.restore_weights(workload, mesh, checkpoint)
-  policy = batch_policy(options.scenario, settings, options)
+  policy = batch_policy(options.scenario, settings, options, workload.inference_group_by_index)
   sizes = infer_model.batch_sizes_for(options.scenario, settings.multi_stream_samples_per_query, policy.max_batch)
   predictor = infer_model.compile_predictor(workload, mesh, params, model_state, sizes)
   library = SampleLibrary.for_workload(workload, settings.performance_sample_count_override)
@@ -155,8 +155,8 @@ def run(workload, options: InferOptions) -> dict:
   settings, predictor, library, policy, finish = build(workload, options, checkpoint)
   prepare_output_dir(options.output_dir, options.overwrite)
 
-  image_shape = workload.batch_shapes(1, train=False)['image'].shape[1:]
-  make_batch = lambda b: np.zeros((b, *image_shape), np.float32)  # noqa: E731
+  sample = workload.batch_shapes(1, train=False)[workload.inference_input_key]
+  make_batch = lambda b: np.zeros((b, *sample.shape[1:]), sample.dtype)  # noqa: E731
   run_batch = lambda images: finish(predictor(images), images.shape[0])  # noqa: E731
   measured = {}
   if options.mode == 'performance':
@@ -203,8 +203,9 @@ def human_line(s: dict) -> str:
   if s['mode'] == 'accuracy':
     a = s['accuracy']
     verdict = 'meets' if a['meets_closed_bound'] else 'below'
-    figure = (f"{a['metric']} {a['accuracy']:.4f} over {a['samples_scored']}/{a['eval_samples']} samples, "
-              f"{verdict} the closed bound {a['closed_bound']:.4f}")
+    bound = ('open division (no closed bound)' if a['closed_bound'] is None
+             else f"{verdict} the closed bound {a['closed_bound']:.4f}")
+    figure = f"{a['metric']} {a['accuracy']:.4f} over {a['samples_scored']}/{a['eval_samples']} samples, {bound}"
   else:
     value = s['headline_value']
     figure = f"{s['result']}, {s['headline']} {'n/a' if value is None else f'{value:.4g}'}"

@@ -2,7 +2,8 @@
 
 LoadGen calls `issue_queries` on its own threads and holds the GIL while it does, so the callback only appends
 to a queue. The batcher thread takes up to `max_batch` samples, waiting at most `timeout_s` after the first one
-for more (Server's dynamic batching; 0 elsewhere), gathers their images and dispatches the compiled forward. The
+for more (Server's dynamic batching; 0 elsewhere), gathers their inputs and dispatches the compiled forward (a
+query's samples in QSL index order when the policy says so). The
 completer thread waits for the device, encodes the responses and calls QuerySamplesComplete, so the next batch
 is being dispatched while the last one computes. Every sample is answered: a failure answers its samples with
 an empty response and is counted, because one unanswered sample hangs LoadGen forever.
@@ -24,6 +25,9 @@ import numpy as np
 class BatchPolicy:
   max_batch: int
   timeout_s: float = 0.0  # How long the oldest queued sample may wait for others before its batch runs.
+  # Batch a query's samples in QSL index order (the workload's eval order: translation's sorts sentences by
+  # length, so each batch holds sentences of similar length).
+  by_index: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +79,8 @@ class SUT:
     now = time.monotonic()
     try:
       samples = [Sample(q.id, q.index, now) for q in query_samples]
+      if self.policy.by_index:
+        samples.sort(key=lambda s: s.index)
     except Exception as e:  # pylint: disable=broad-except
       self._fail([Sample(q.id, 0, now) for q in query_samples], e)
       return

@@ -47,6 +47,12 @@ class Workload(abc.ABC):
   loadgen_model: str | None = None
   inference_reference_accuracy: float | None = None
   inference_closed_fraction: float = 0.99
+  # The eval batch key that is one inference sample's input (what the QSL holds and `predict` takes); every other
+  # key of an eval example (label, id, ...) is kept for scoring. `inference_group_by_index`: an Offline query's
+  # samples are batched in QSL index order (translation's eval order sorts sentences by length, so a batch holds
+  # sentences of similar length).
+  inference_input_key: str = 'image'
+  inference_group_by_index: bool = False
 
   def __init__(self, config: ml_collections.ConfigDict, scale: str):
     self.config = config
@@ -196,7 +202,8 @@ class Workload(abc.ABC):
 
   # --- inference (LoadGen) ---
   def predict(self, params, model_state, images) -> Any:
-    """(params, model_state, images) -> the device values one batch of responses is made of (jitted)."""
+    """(params, model_state, inputs) -> the device values one batch of responses is made of (jitted); `inputs`
+    is a batch of the eval key `inference_input_key`."""
     raise NotImplementedError(f'{self.benchmark} ({self.variant}) has no inference path')
 
   def encode_responses(self, host_outputs: Any, n: int) -> list[np.ndarray]:

@@ -89,6 +89,8 @@ class TranslationWorkload(workload_lib.Workload):
   """The shared part of the translation workloads (see the module docstring)."""
   metric_name = 'bleu'
   pack_rows = True
+  inference_input_key = 'inputs'
+  inference_group_by_index = True  # QSL index = eval order, longest source first: batches of similar length.
 
   def __init__(self, config, scale):
     super().__init__(config, scale)
@@ -194,6 +196,25 @@ class TranslationWorkload(workload_lib.Workload):
           seen += 1
     if seen != len(self.eval_pairs):
       raise RuntimeError(f'the eval pass translated {seen} of {len(self.eval_pairs)} sentences')
+    c = self.config
+    return bleu(hypotheses, self.eval_references, tokenize=c.bleu_tokenize, lowercase=c.bleu_lowercase) / 100.0
+
+  # --- inference (LoadGen): a sample is one eval source sentence, its response the translation's token ids ---
+  def predict(self, params, model_state, inputs):
+    return self.translate(params, model_state, inputs)
+
+  def encode_responses(self, host_outputs, n):
+    return [np.asarray(pipeline.strip_eos(row), np.int32) for row in np.asarray(host_outputs)[:n]]
+
+  def decode_response(self, data):
+    return np.frombuffer(data, np.int32)
+
+  def score_responses(self, responses, eval_samples):
+    """BLEU / 100 of the logged translations (token ids, EOS stripped) over the whole eval split, as `eval_metric`
+    scores training's eval; an unanswered sentence is an empty hypothesis."""
+    hypotheses = [''] * len(self.eval_references)
+    for i, data in responses.items():
+      hypotheses[int(eval_samples[i]['index'])] = self.vocab.decode(self.decode_response(data).tolist())
     c = self.config
     return bleu(hypotheses, self.eval_references, tokenize=c.bleu_tokenize, lowercase=c.bleu_lowercase) / 100.0
 

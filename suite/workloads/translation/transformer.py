@@ -80,6 +80,9 @@ class TransformerWorkload(common.TranslationWorkload):
   ruleset = '0.7.0'
   variant = 'big'
   dataset_description = 'wmt17_translate/de-en (eval: wmt14_translate/de-en test, newstest2014)'
+  # No MLPerf Inference task: LoadGen serves it under its own name with mlperf.conf's defaults, open division only
+  # (no reference accuracy, so no closed bound).
+  loadgen_model = 'transformer'
   # The 0.7.0 closed rules check the optimizer's name, epsilon and max_sequence_length method, and leave the batch
   # size, the base learning rate, warm-up and Adam betas to the submitter; numerics and run-time knobs are free.
   closed_free_fields = ('global_batch_size', 'eval_batch_size', 'optimizer.learning_rate',
