@@ -102,3 +102,20 @@ def test_offline_batches_follow_qsl_index_order():
   sut.flush_queries()
   sut.stop()
   assert seen == [[0, 1, 2, 3], [4, 5, 6, 7]] and len(done) == 8
+
+
+@pytest.mark.slow
+def test_infer_bench_reports_tokens_per_second_of_the_sut_and_the_bare_loop(trained, data_dir, tmp_path):
+  result = run_suite('--workload=gnmt', '--scale=tiny', f'--checkpoint={trained}', f'--data_dir={data_dir}',
+                     f'--output_dir={tmp_path / "bench"}', '--offline_seconds=1', '--server_seconds=1',
+                     '--server_fractions=0.1', module='suite.infer_bench', timeout=300)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  bench = json.loads(result.stdout[result.stdout.index('{'):])
+  assert bench['offline_valid'] is True and bench['offline_errors'] == 0
+  # Tokens per translated sentence (EOS excluded): at least one, at most the decode length of 28.
+  for side in ('sut', 'bare'):
+    assert 1 <= bench[f'offline_{side}_tokens_per_sample'] <= 28
+    assert bench[f'offline_{side}_tokens_per_s'] == pytest.approx(
+        bench[f'offline_{side}_samples_per_s'] * bench[f'offline_{side}_tokens_per_sample'])
+  assert bench['offline_tokens_ratio'] == pytest.approx(
+      bench['offline_sut_tokens_per_s'] / bench['offline_bare_tokens_per_s'])

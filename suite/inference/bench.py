@@ -2,7 +2,8 @@
 
 `python -m suite.infer_bench --workload=resnet --scale=tiny [--checkpoint=DIR]` prints one JSON object:
 `offline_sut_samples_per_s` (LoadGen Offline through the SUT), `offline_bare_samples_per_s` (the same compiled
-forward over the same host batches in a plain loop), their `offline_ratio` (goal >= 0.9), and the highest
+forward over the same host batches in a plain loop), their `offline_ratio` (goal >= 0.9; for token responses,
+translation, also tokens/s of each and `offline_tokens_ratio`), and the highest
 Server target QPS that ended VALID at the official latency bound (`server_qps_at_bound`). Only runs that are
 VALID with no failed sample count: an invalid Offline run reports no SUT figure and exits 1.
 """
@@ -65,12 +66,22 @@ def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: f
   batches = [library.gather(indices[i:i + batch]) for i in range(0, len(indices), batch)]
   bare = bare_loop(predictor, batches, offline_s)
   library.unload(indices)
+  # Tokens per sample: the bare loop's (every sample of the set once) and the SUT's (the responses it sent), so
+  # each side's tokens/s counts the sentences it actually translated.
+  bare_tokens = sum(r.size for b in batches for r in finish(predictor(b), len(b))) / len(indices)
+  answered = {'samples': 0, 'values': 0}
+
+  def counting_finish(outputs, n):
+    responses = finish(outputs, n)
+    answered['samples'] += len(responses)
+    answered['values'] += sum(r.size for r in responses)
+    return responses
 
   out = options.output_dir
   settings.min_duration_ms = int(offline_s * 1e3)
   settings.min_query_count = 1
   settings.offline_expected_qps = 1.2 * bare  # Over, not under: enough samples to fill the minimum duration.
-  stats = infer_lib.execute(settings, library, predictor, finish, policy, os.path.join(out, 'offline'))
+  stats = infer_lib.execute(settings, library, predictor, counting_finish, policy, os.path.join(out, 'offline'))
   sut = infer_loadgen.read_result(os.path.join(out, 'offline'), 'Offline')
   offline_invalid = infer_loadgen.judge(sut, 'performance', stats['errors'], stats['error_messages'])
 
@@ -92,12 +103,20 @@ def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: f
                         'p99_latency_ms': result['p99_latency_ms']})
   offline_sut = counted({'valid': not offline_invalid, 'errors': stats['errors'],
                         'samples_per_s': sut['samples_per_s']}, 'samples_per_s')
+  tokens = {}
+  if workload.inference_response_tokens:
+    sut_tokens = answered['values'] / max(answered['samples'], 1)
+    tokens = {'offline_sut_tokens_per_sample': sut_tokens, 'offline_bare_tokens_per_sample': bare_tokens,
+              'offline_sut_tokens_per_s': offline_sut * sut_tokens if offline_sut else None,
+              'offline_bare_tokens_per_s': bare * bare_tokens}
+    tokens['offline_tokens_ratio'] = (tokens['offline_sut_tokens_per_s'] / tokens['offline_bare_tokens_per_s']
+                                      if offline_sut and bare_tokens else None)
   return {
       'workload': options.workload, 'scale': options.scale, 'offline_batch_size': batch,
       'offline_sut_samples_per_s': offline_sut, 'offline_valid': not offline_invalid,
       'offline_reason': '; '.join(offline_invalid) or None, 'offline_bare_samples_per_s': bare,
       'offline_ratio': offline_sut / bare if offline_sut else None,
-      'offline_errors': stats['errors'],
+      'offline_errors': stats['errors'], **tokens,
       'server_latency_bound_ms': bound_ms,
       'server_qps_at_bound': server_qps_at_bound(server_runs),
       'server_runs': server_runs, 'output_dir': os.path.abspath(out),

@@ -53,6 +53,8 @@ class Workload(abc.ABC):
   # sentences of similar length).
   inference_input_key: str = 'image'
   inference_group_by_index: bool = False
+  # Responses are token ids (translation): suite.infer_bench also reports tokens/s (response values per second).
+  inference_response_tokens: bool = False
 
   def __init__(self, config: ml_collections.ConfigDict, scale: str):
     self.config = config

@@ -91,6 +91,7 @@ class TranslationWorkload(workload_lib.Workload):
   pack_rows = True
   inference_input_key = 'inputs'
   inference_group_by_index = True  # QSL index = eval order, longest source first: batches of similar length.
+  inference_response_tokens = True  # A response is the translation's ids: infer_bench reports tokens/s.
 
   def __init__(self, config, scale):
     super().__init__(config, scale)
