@@ -92,6 +92,7 @@ class TranslationWorkload(workload_lib.Workload):
   inference_input_key = 'inputs'
   inference_group_by_index = True  # QSL index = eval order, longest source first: batches of similar length.
   inference_response_tokens = True  # A response is the translation's ids: infer_bench reports tokens/s.
+  vocab_size_fix = 'raise it'  # How to fix a vocabulary larger than model.vocab_size, in its error line.
 
   def __init__(self, config, scale):
     super().__init__(config, scale)
@@ -100,8 +101,13 @@ class TranslationWorkload(workload_lib.Workload):
     self.eval_pairs: pipeline.TokenizedPairs | None = None
     self.eval_references: list[str] = []
     self.discarded_train_pairs = 0
+    self._build_model(config.model.vocab_size)  # Rebuilt at the corpus's size when vocab_size is 0 (tiny).
 
   # --- model hooks ---
+  def _build_model(self, vocab_size: int) -> None:
+    """Sets self.model (and what else the subclass needs) for a vocabulary of `vocab_size` ids."""
+    raise NotImplementedError
+
   def logits(self, params, model_state, batch: dict, rng, train: bool):
     raise NotImplementedError
 
@@ -141,7 +147,14 @@ class TranslationWorkload(workload_lib.Workload):
                  self.vocab.vocab_size)
 
   def _check_vocab_size(self) -> None:
-    """The model's vocabulary must hold every id the tokenizer makes; a subclass compares its model size."""
+    """The model's vocabulary must hold every id the tokenizer makes: at vocab_size 0 (tiny) the model takes the
+    tokenizer's size, otherwise a larger vocabulary is one error line with the subclass's `vocab_size_fix`."""
+    size = self.vocab.vocab_size
+    if self.config.model.vocab_size == 0:
+      self._build_model(size)
+    elif size > self.config.model.vocab_size:
+      raise UserError(f'the vocabulary has {size} subtokens but --config.model.vocab_size is '
+                      f'{self.config.model.vocab_size}: {self.vocab_size_fix}')
 
   @property
   def padding_fraction(self) -> float:

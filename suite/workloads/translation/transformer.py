@@ -83,6 +83,7 @@ class TransformerWorkload(common.TranslationWorkload):
   # No MLPerf Inference task: LoadGen serves it under its own name with mlperf.conf's defaults, open division only
   # (no reference accuracy, so no closed bound).
   loadgen_model = 'transformer'
+  vocab_size_fix = 'use the reference vocab file (33,708) or raise it'
   # The 0.7.0 closed rules check the optimizer's name, epsilon and max_sequence_length method, and leave the batch
   # size, the base learning rate, warm-up and Adam betas to the submitter; numerics and run-time knobs are free.
   closed_free_fields = ('global_batch_size', 'eval_batch_size', 'optimizer.learning_rate',
@@ -93,24 +94,12 @@ class TransformerWorkload(common.TranslationWorkload):
   def get_config(cls, scale):
     return get_config(scale)
 
-  def __init__(self, config, scale):
-    super().__init__(config, scale)
-    self._build_model(config.model.vocab_size)
-
   def _build_model(self, vocab_size: int) -> None:
     try:
       self.model_config = transformer_lib.config_from(self.config.model, vocab_size=max(vocab_size, 2))
     except ValueError as e:
       raise UserError(f'transformer: {e}') from None
     self.model = transformer_lib.Transformer(self.model_config)
-
-  def _check_vocab_size(self):
-    size = self.vocab.vocab_size
-    if self.config.model.vocab_size == 0:  # tiny: the model takes the vocabulary built from the corpus
-      self._build_model(size)
-    elif size > self.config.model.vocab_size:
-      raise UserError(f'the vocabulary has {size} subtokens but --config.model.vocab_size is '
-                      f'{self.config.model.vocab_size}: use the reference vocab file (33,708) or raise it')
 
   @property
   def decode_length(self) -> int:
