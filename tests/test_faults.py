@@ -215,7 +215,7 @@ def test_other_write_errors_still_remove_the_temp_file(tmp_path, monkeypatch):
 
 def test_metrics_on_a_full_disk_keep_every_whole_line(tmp_path, monkeypatch):
   path = str(tmp_path / outputs.METRICS)
-  writer = outputs.MetricsWriter(path)
+  writer = outputs.JsonLinesWriter(path)
   writer.write({'kind': 'train', 'step': 8})
   writer.write({'kind': 'train', 'step': 16})
   before = open(path, encoding='utf-8').read()
@@ -233,7 +233,7 @@ def test_metrics_on_a_full_disk_keep_every_whole_line(tmp_path, monkeypatch):
   assert path in str(raised.value) and '\n' not in str(raised.value)
   assert open(path, encoding='utf-8').read() == before  # The half line was rolled back; nothing earlier lost.
 
-  full = outputs.MetricsWriter('/dev/full')
+  full = outputs.JsonLinesWriter('/dev/full')
   with pytest.raises(UserError, match=r'disk full.*/dev/full'):
     full.write({'kind': 'train'})
   full.close()

@@ -133,7 +133,7 @@ class LogFileHandler(logging.Handler):
     super().close()
 
 
-class MetricsWriter:
+class JsonLinesWriter:
   """Appends one JSON object per line, each written at once so a killed run keeps what it wrote; a full disk ends
   the run with a one-line UserError and leaves the earlier lines intact."""
 

@@ -24,7 +24,7 @@ from suite.common import cli as cli_lib
 from suite.common import local_job, outputs, registry, sharding
 from suite.common.errors import UserError
 from suite.common.mlperf_log import MLPerfLog
-from suite.training import runner
+from suite.training import metrics_writer, runner
 from suite.training.clock import Clock
 from suite.training.steps import compile_steps, make_train_step
 
@@ -71,7 +71,7 @@ def overhead(workload_name: str, scale: str, data_dir: str | None, num_steps: in
   state = compiled.init(jax.random.PRNGKey(0))
   host_batches = list(itertools.islice(workload.train_batches(0, 0, 1), num_host_batches))
   steps_per_epoch = max(workload.num_train_examples // workload.global_batch_size, 1)
-  monitor = runner.TrainMonitor(clock, outputs.MetricsWriter(None), workload.config.log_every_steps,
+  monitor = runner.TrainMonitor(clock, metrics_writer.MetricsWriter(None), workload.config.log_every_steps,
                                 steps_per_epoch, workload.global_batch_size)
   replicated = sharding.replicated(mesh)
   raw_step = jax.jit(make_train_step(workload, tx, schedule), in_shardings=(replicated, compiled.train_batch_sharding),

@@ -29,7 +29,7 @@ class MetricsWriter:
   appends a new event file beside its earlier ones."""
 
   def __init__(self, output_dir: str | None, fresh: bool = True):
-    self._jsonl = outputs.MetricsWriter(os.path.join(output_dir, outputs.METRICS) if output_dir else None)
+    self._jsonl = outputs.JsonLinesWriter(os.path.join(output_dir, outputs.METRICS) if output_dir else None)
     self._events = None
     if output_dir:
       logdir = os.path.join(output_dir, TENSORBOARD)

@@ -62,7 +62,7 @@ class TrainMonitor:
   """Receives each step's metrics (one step late), stops on divergence, and records interval timings (with their
   MFU when the FLOPs and the peak are known) to the metrics writer and the progress bar, if any."""
 
-  def __init__(self, clock: Clock, writer: outputs.MetricsWriter | metrics_writer.MetricsWriter,
+  def __init__(self, clock: Clock, writer: metrics_writer.MetricsWriter,
                log_every_steps: int, steps_per_epoch: float, global_batch_size: int,
                profile_steps: tuple[int, int] | None = None, profile_dir: str = '', stop_flag: dict | None = None,
                flops_per_step_per_device: float | None = None, peak_flops_per_device: float | None = None,
