@@ -19,6 +19,7 @@ import optax
 from mlperf_logging import benchmark_meta
 
 from suite.common.config import leaf_keys
+from suite.common.errors import UserError
 
 
 class TrainState(NamedTuple):
@@ -152,6 +153,14 @@ class Workload(abc.ABC):
     backbone from a file the config names); each replaced leaf keeps its dtype and sharding. The runner calls it
     after init, inside the init phase, and not for a resumed run. Default: nothing to load."""
     return params, model_state
+
+  def reference_weights(self, arrays: dict[str, np.ndarray]) -> tuple[Any, Any]:
+    """(params, model_state) of this workload's model from the MLPerf Inference reference model's named weight
+    arrays (an ONNX file's initializers, read by `python -m suite.convert_weights`), in the layout `init_variables`
+    returns, so a converted checkpoint restores as a trained one. Raises UserError naming what is missing or
+    mis-shaped. Default: no converter."""
+    del arrays
+    raise UserError(f'{self.benchmark} has no reference-weights converter')
 
   @abc.abstractmethod
   def loss(self, params, model_state, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[Any, dict]]:
