@@ -53,6 +53,10 @@ class Overrides:
 RETIRED_MODEL_SETTINGS = {
     ('gnmt', 'Server'): {'target_latency': ('server_target_latency_ns', 250 * 1_000_000),
                          'target_latency_percentile': ('server_target_latency_percentile', 0.97)},
+    # mobilenet: the last mlperf.conf that listed it (mlcommons/inference 86164589, mlperf.conf, Jan 2022) set only
+    # its performance sample count, 1024; its other entries were the '*' defaults.
+    **{('mobilenet', scenario): {'performance_sample_count_override': ('performance_sample_count_override', 1024)}
+       for scenario in SCENARIOS},
 }
 
 
