@@ -11,6 +11,7 @@ Parameter names follow the slim scopes (Conv2d_0, Conv2d_<i>_depthwise, Conv2d_<
 reference-weights converter maps them one to one.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -47,13 +48,14 @@ class ConvBN(nn.Module):
   strides: int = 1
   depthwise: bool = False
   dtype: Any = jnp.float32
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x, train: bool):
     groups = x.shape[-1] if self.depthwise else 1
     x = nn.Conv(self.features, self.kernel_size, (self.strides, self.strides), padding='SAME', use_bias=False,
                 feature_group_count=groups, dtype=self.dtype, kernel_init=_kernel_init(), name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=BN_EPSILON, dtype=self.dtype,
                      name='BatchNorm')(x)
     return nn.relu6(x)
 
@@ -63,22 +65,25 @@ class MobileNetV1Backbone(nn.Module):
 
   Returns the outputs of blocks 11 (512*a channels, stride 16) and 13 (1024*a channels, stride 32), a = the width
   multiplier: the two maps SSD-MobileNet-v1 predicts from (and the second feeds the classifier). `dtype` is the
-  compute dtype; parameters and batch-norm statistics stay float32.
+  compute dtype; parameters and batch-norm statistics stay float32. `bn_momentum` is slim's 0.9997 unless a short
+  (tiny) run needs its moving statistics to follow within a few hundred steps.
   """
   width_multiplier: float = 1.0
   dtype: Any = jnp.float32
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x, train: bool):
     if self.width_multiplier <= 0:
       raise ValueError(f'width_multiplier={self.width_multiplier} must be greater than zero')
     a = self.width_multiplier
+    conv_bn = functools.partial(ConvBN, dtype=self.dtype, bn_momentum=self.bn_momentum)
     x = x.astype(self.dtype)
-    x = ConvBN(depth(STEM_CHANNELS, a), (3, 3), 2, dtype=self.dtype, name='Conv2d_0')(x, train)
+    x = conv_bn(depth(STEM_CHANNELS, a), (3, 3), 2, name='Conv2d_0')(x, train)
     features = []
     for i, (stride, channels) in enumerate(SEPARABLE_BLOCKS, start=1):
-      x = ConvBN(x.shape[-1], (3, 3), stride, depthwise=True, dtype=self.dtype, name=f'Conv2d_{i}_depthwise')(x, train)
-      x = ConvBN(depth(channels, a), (1, 1), dtype=self.dtype, name=f'Conv2d_{i}_pointwise')(x, train)
+      x = conv_bn(x.shape[-1], (3, 3), stride, depthwise=True, name=f'Conv2d_{i}_depthwise')(x, train)
+      x = conv_bn(depth(channels, a), (1, 1), name=f'Conv2d_{i}_pointwise')(x, train)
       if i in FEATURE_BLOCKS:
         features.append(x)
     return features
@@ -94,10 +99,12 @@ class MobileNetV1(nn.Module):
   width_multiplier: float = 1.0
   dtype: Any = jnp.float32
   dropout_rate: float = 0.001  # slim dropout_keep_prob=0.999.
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
   def __call__(self, images_NHWC, train: bool):
-    x = MobileNetV1Backbone(self.width_multiplier, self.dtype, name='MobilenetV1')(images_NHWC, train)[-1]
+    backbone = MobileNetV1Backbone(self.width_multiplier, self.dtype, self.bn_momentum, name='MobilenetV1')
+    x = backbone(images_NHWC, train)[-1]
     x = jnp.mean(x, axis=(1, 2), keepdims=True)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, kernel_init=_kernel_init(),
