@@ -157,7 +157,7 @@ def _eval_example(index: int, *, source, image_size: int) -> dict:
 
 def train_batches(source, *, global_batch_size: int, image_size: int, max_boxes: int, seed: int,
                   process_index: int = 0, process_count: int = 1, augment: str = 'flip',
-                  num_threads: int = 8, start_batch: int = 0) -> Iterator[dict]:
+                  num_threads: int = 8, start_batch: int = 0, num_workers: int = 0) -> Iterator[dict]:
   """Endless augmented training batches for this process, B = global_batch_size // process_count:
   {'image': u8[B, S, S, 3], 'boxes': f32[B, M, 4] normalised yxyx, 'classes': i32[B, M] (0-based dataset labels),
   'box_mask': bool[B, M]}, from global batch `start_batch` on; the same seeded global stream as classification.
@@ -167,7 +167,7 @@ def train_batches(source, *, global_batch_size: int, image_size: int, max_boxes:
   preprocess = functools.partial(train_example, image_size=image_size, max_boxes=max_boxes, augment=augment)
   return global_train_stream(source, preprocess, global_batch_size=global_batch_size, seed=seed,
                              process_index=process_index, process_count=process_count, num_threads=num_threads,
-                             start_batch=start_batch)
+                             start_batch=start_batch, num_workers=num_workers)
 
 
 def eval_batches(source, *, global_batch_size: int, image_size: int, max_boxes: int, process_index: int = 0,

@@ -173,15 +173,18 @@ def _eval_example(index: int, *, source, image_size: int, channels: int, small_i
 
 def train_batches(source, *, global_batch_size: int, image_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, crop_min_scale: float = 0.08, num_threads: int = 8,
-                  start_batch: int = 0, channels: int = 3, small_images: bool = False) -> Iterator[dict]:
+                  start_batch: int = 0, channels: int = 3, small_images: bool = False,
+                  num_workers: int = 0) -> Iterator[dict]:
   """Endless augmented training batches for this process: {'image': u8[B, S, S, channels], 'label': i32[B]},
   B = global_batch_size // process_count, starting at global batch `start_batch` (to resume a run). Augmentation:
-  the Inception crop (`train_image`), or with small_images the shift and flip of `small_train_image`."""
+  the Inception crop (`train_image`), or with small_images the shift and flip of `small_train_image`. The same
+  batches for any num_threads and num_workers (worker processes; 0: threads only), see global_train_stream."""
   return global_train_stream(source, functools.partial(_train_example, image_size=image_size,
                                                        crop_min_scale=crop_min_scale, channels=channels,
                                                        small_images=small_images),
                              global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-                             process_count=process_count, num_threads=num_threads, start_batch=start_batch)
+                             process_count=process_count, num_threads=num_threads, start_batch=start_batch,
+                             num_workers=num_workers)
 
 
 def eval_batches(source, *, global_batch_size: int, image_size: int, process_index: int = 0,

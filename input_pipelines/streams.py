@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import grain
 import numpy as np
+from absl import flags
 
 from suite.common.errors import UserError
 
@@ -20,13 +21,21 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
 
 
 def global_train_stream(source, preprocess, *, global_batch_size: int, seed: int, process_index: int,
-                        process_count: int, num_threads: int, start_batch: int) -> Iterator[dict]:
+                        process_count: int, num_threads: int, start_batch: int, num_workers: int = 0) -> Iterator[dict]:
   """The endless, seeded training stream shared by the pipelines; `preprocess(example, rng)` augments one example.
 
   The global batch stream depends only on the seed: every process shuffles and augments the same global stream
   and takes positions process_index, process_index + process_count, ... of it, so the processes' batches k
   together form global batch k whatever the process count. The stream is indexable, so starting at batch
   `start_batch` costs nothing (no batch before it is read).
+
+  The batches are also byte-identical whatever `num_threads` and `num_workers`: an example's augmentation is
+  seeded by its stream position (grain's random_map), never by the thread or process that makes it.
+  `num_workers` 0 makes the examples on `num_threads` threads of this process (enough on a small machine: PIL's
+  decode and resize release the GIL); N > 0 makes whole local batches in N worker processes (grain's mp_prefetch,
+  spawned: no GIL shared with the train loop), worker w making local batches w, w + N, ..., each on
+  max(1, num_threads // N) threads, handed out in order. In worker mode a skipped bad record
+  (skip_bad_records) is counted in the worker that read it, not in this process's count.
   """
   batch_size = local_batch_size(global_batch_size, process_count)
   if len(source) < global_batch_size:
@@ -41,8 +50,19 @@ def global_train_stream(source, preprocess, *, global_batch_size: int, seed: int
   # Augment before sharding: an example's crop and flip depend on its global stream position, not on the shard.
   ds = ds.random_map(preprocess, seed=int(augment_seed))
   ds = ds.slice(slice(start_batch * global_batch_size + process_index, None, process_count))
-  read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
-  return iter(ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True))
+  if num_workers < 0:
+    raise UserError(f'data_workers is {num_workers}: set --config.data_workers to 0 (threads only) or more')
+  if not num_workers:
+    read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
+    return iter(ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True))
+  # Batch before the workers: mp_prefetch deals out the elements of the final MapDataset round robin (worker w
+  # takes w, w + N, ...) and interleaves them back in order, so whole batches keep the stream independent of N.
+  batches = ds.batch(batch_size, drop_remainder=True)
+  threads = max(1, num_threads // num_workers)
+  batches = batches.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
+  if not flags.FLAGS.is_parsed():  # grain's mp_prefetch reads its absl flags: a caller that parsed none (a
+    flags.FLAGS.mark_as_parsed()  # notebook, a test) gets their defaults rather than an error.
+  return iter(batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2)))
 
 
 def global_eval_stream(example_at, num_examples: int, *, global_batch_size: int, process_index: int,

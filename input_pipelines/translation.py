@@ -431,11 +431,11 @@ def pad_rows(tokenized: TokenizedPairs, max_length: int) -> Packed:
 
 
 def train_batches(packed: Packed, *, global_batch_size: int, seed: int, process_index: int, process_count: int,
-                  num_threads: int = 4, start_batch: int = 0) -> Iterator[dict]:
+                  num_threads: int = 4, start_batch: int = 0, num_workers: int = 0) -> Iterator[dict]:
   """The seeded endless stream of this process's share of each global batch of rows (streams.py)."""
   return streams.global_train_stream(packed, lambda row, rng: row, global_batch_size=global_batch_size, seed=seed,
                                      process_index=process_index, process_count=process_count,
-                                     num_threads=num_threads, start_batch=start_batch)
+                                     num_threads=num_threads, start_batch=start_batch, num_workers=num_workers)
 
 
 def train_batch_shapes(global_batch_size: int, max_length: int) -> dict:

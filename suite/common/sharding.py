@@ -170,6 +170,7 @@ class DevicePrefetcher:
     self._buffer: queue.Queue = queue.Queue(maxsize=size)
     self._stop = threading.Event()
     self.wait_s = 0.0
+    self._local_batches = local_batches
     self._thread = threading.Thread(target=self._produce, args=(local_batches, sharding), daemon=True,
                                     name='device-prefetch')
     self._thread.start()
@@ -198,10 +199,22 @@ class DevicePrefetcher:
     return item
 
   def close(self) -> None:
+    """Stops the producer without waiting for it (a run calls this inside its timed region)."""
     self._stop.set()
     # Unblock a producer waiting on a full queue so the thread can see the stop flag and exit.
     while not self._buffer.empty():
       self._buffer.get_nowait()
+
+  def release(self, timeout_s: float = 30.0) -> None:
+    """close(), then waits for the producer to leave the host iterator and closes that (grain's worker processes
+    and their shared memory), rather than leaving it to grain's finalizers at exit. Closing it under a running
+    next() is unsafe: a producer stuck past timeout_s is left to those finalizers."""
+    self.close()
+    self._thread.join(timeout_s)
+    while not self._buffer.empty():
+      self._buffer.get_nowait()
+    if not self._thread.is_alive() and hasattr(self._local_batches, 'close'):
+      self._local_batches.close()
 
 
 def prefetch_to_devices(local_batches: Iterator[dict], sharding: NamedSharding, size: int = 2) -> DevicePrefetcher:

@@ -397,6 +397,7 @@ def run(workload: Workload, options: RunOptions) -> dict:
       signal.signal(signal.SIGTERM, previous_handler)
   metadata = {} if status == 'success' else {'reason': reason}
   clock.run_stop(status, state, **metadata)
+  train_batches.release()  # Stops the input worker processes, if any, outside the timed region.
   # After run_stop, the train stream closed: over several processes the count is a collective that compiles, and
   # neither belongs in the time to train. Logged in every run, 0 included.
   skipped = skipped_train_records(workload)

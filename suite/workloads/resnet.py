@@ -49,6 +49,7 @@ def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
   c.image_size = 224
   c.crop_min_scale = 0.08
   c.data_threads = 16
+  c.data_workers = 0  # Input worker processes (grain mp_prefetch); 0: data_threads threads only. Same batches.
   c.skip_bad_records = False  # True: replace an undecodable train record by the next good one, and count it.
   c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0))
   # Model.
@@ -103,7 +104,7 @@ class ResNetWorkload(workload_lib.Workload):
   # warm-up, decay length, momentum and weight decay (0.0001 x 2^k); numerics and run-time knobs change no rule.
   closed_free_fields = ('global_batch_size', 'optimizer.name', 'optimizer.learning_rate', 'optimizer.warmup_epochs',
                         'optimizer.decay_epochs', 'optimizer.momentum', 'optimizer.weight_decay', 'model.dtype',
-                        'max_epochs', 'log_every_steps', 'data_threads')
+                        'max_epochs', 'log_every_steps', 'data_threads', 'data_workers')
   loadgen_model = 'resnet50'
   # mlcommons/inference vision/classification_and_detection/README.md: resnet50-v1.5 FP32 76.456% top-1.
   inference_reference_accuracy = 0.76456
@@ -196,7 +197,8 @@ class ResNetWorkload(workload_lib.Workload):
     return pipeline.train_batches(
         self._train_source, global_batch_size=c.global_batch_size, image_size=c.image_size, seed=seed,
         process_index=process_index, process_count=process_count, crop_min_scale=c.crop_min_scale,
-        num_threads=c.data_threads, start_batch=start_step, channels=self.channels, small_images=self.small_images)
+        num_threads=c.data_threads, start_batch=start_step, channels=self.channels, small_images=self.small_images,
+        num_workers=c.data_workers)
 
   def eval_batches(self, process_index, process_count):
     c = self.config

@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_boxes = 100
   c.augment = 'flip'
   c.data_threads = 16
+  c.data_workers = 0  # Input worker processes (grain mp_prefetch); 0: data_threads threads only. Same batches.
   c.skip_bad_records = False  # True: replace an undecodable train record by the next good one, and count it.
   c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0))
   c.matching = ml_collections.ConfigDict(dict(positive_iou=0.5, negative_iou=0.4, allow_low_quality=True))
@@ -172,7 +173,7 @@ class DetectionWorkload(workload_lib.Workload):
     return pipeline.train_batches(self._train_source, global_batch_size=c.global_batch_size,
                                   image_size=c.image_size, max_boxes=c.max_boxes, seed=seed,
                                   process_index=process_index, process_count=process_count, augment=c.augment,
-                                  num_threads=c.data_threads, start_batch=start_step)
+                                  num_threads=c.data_threads, start_batch=start_step, num_workers=c.data_workers)
 
   def eval_batches(self, process_index, process_count):
     c = self.config

@@ -60,7 +60,7 @@ class RetinaNetWorkload(common.DetectionWorkload):
   # submitter's (the RCP table gives the reference values per batch size).
   closed_free_fields = ('global_batch_size', 'optimizer.learning_rate', 'optimizer.warmup_epochs',
                         'optimizer.warmup_factor', 'model.dtype', 'max_epochs', 'log_every_steps', 'data_threads',
-                        'backbone_checkpoint')
+                        'data_workers', 'backbone_checkpoint')
   torchvision_backbone = 'resnext50_32x4d'
   loadgen_model = 'retinanet'
   # mlcommons/inference vision/classification_and_detection/README.md: retinanet 800x800 FP32 0.3755 mAP.

@@ -46,7 +46,8 @@ class SSD300Workload(common.DetectionWorkload):
   activation = 'softmax'
   closed_free_fields = ('global_batch_size', 'optimizer.learning_rate', 'optimizer.warmup_epochs',
                         'optimizer.decay_boundary_epochs', 'optimizer.momentum', 'optimizer.weight_decay',
-                        'model.dtype', 'max_epochs', 'log_every_steps', 'data_threads', 'backbone_checkpoint')
+                        'model.dtype', 'max_epochs', 'log_every_steps', 'data_threads', 'data_workers',
+                        'backbone_checkpoint')
   # The reference (ssd/base_model.py ResNet34) loads all of torchvision's resnet34 and keeps conv1..layer3; it
   # trains every tensor, with ordinary BatchNorm2d (no frozen layers).
   torchvision_backbone = 'resnet34'
