@@ -13,7 +13,11 @@ the train step's temporaries on a mesh of fake devices, and the compile time (su
 
 `python -m suite.bench pipeline --workload=dlrm_dcnv2 --scale=tiny` (or resnet, ssd): the input pipeline's
 samples/s alone (host batches, no device), per host core, and the bytes per sample a step ships to the device,
-beside the compiled train step's samples/s on batches already on the device.
+beside the compiled train step's samples/s on batches already on the device; the rate a published MLPerf result
+on --system needs, per accelerator and per host core, and this machine's per-core rate as a fraction of it
+(suite/tools/needed_rates.py); the data-wait share of the real pipeline feeding a step of known duration
+(synthetic compute: a sleep of --compute_ms, default the measured step time) and of a real run (--real_run).
+--set=data_workers=N runs the pipeline in N worker processes.
 """
 
 import itertools
@@ -33,7 +37,7 @@ from suite.common import cli as cli_lib
 from suite.common import local_job, outputs, registry, sharding
 from suite.common.errors import UserError
 from suite.common.mlperf_log import MLPerfLog
-from suite.tools import memory
+from suite.tools import memory, needed_rates
 from suite.training import metrics_writer, runner
 from suite.training.clock import Clock
 from suite.training.steps import compile_steps, make_train_step
@@ -51,7 +55,12 @@ def define_flags() -> None:
   flags.DEFINE_string('mesh', 'fsdp:-1', 'memory: the mesh to lay the train state out on (e.g. fsdp:64,tensor:4).')
   flags.DEFINE_integer('devices', 256, 'memory: how many (fake) devices to compile for.')
   flags.DEFINE_multi_string('set', [], 'memory, pipeline: KEY=VALUE config overrides (e.g. '
-                            'model.remat_policy=full, image_size=224).')
+                            'model.remat_policy=full, image_size=224, data_workers=2).')
+  flags.DEFINE_string('system', needed_rates.DEFAULT_SYSTEM, 'pipeline: the published system whose input rate to '
+                      f'compare with ({", ".join(needed_rates.RESULTS)}).')
+  flags.DEFINE_float('compute_ms', 0.0, 'pipeline: the synthetic step\'s duration in ms (0: the measured step time).')
+  flags.DEFINE_bool('real_run', True, 'pipeline: also run the workload (suite.main, one seed) and report its '
+                    'data-wait share.')
 
 
 def _suite_loop(compiled, state, host_batches, num_steps, monitor):
@@ -148,11 +157,49 @@ def scaling(workload_name: str, scale: str, data_dir: str | None, device_counts=
           'two_vs_one_process_ratio': two / one if one else None}
 
 
+def synthetic_compute_wait(workload, batch_sharding, compute_s: float, num_steps: int, warm_steps: int = 2) -> dict:
+  """The real pipeline (through the runner's device prefetcher) feeding a "step" that sleeps compute_s, as an
+  accelerator's step leaves the host cores to the pipeline: the share of the loop's time spent waiting for data
+  (the runner's data_wait_s over its train time), after `warm_steps` untimed steps."""
+  batches = sharding.prefetch_to_devices(workload.train_batches(1, 0, 1), batch_sharding)
+  for _ in range(warm_steps):
+    next(batches)
+    time.sleep(compute_s)
+  wait_before, start = batches.wait_s, time.perf_counter()
+  for _ in range(num_steps):
+    next(batches)
+    time.sleep(compute_s)
+  elapsed = time.perf_counter() - start
+  batches.release()
+  wait = batches.wait_s - wait_before
+  return {'compute_s_per_step': compute_s, 'steps': num_steps, 'data_wait_s': wait, 'loop_s': elapsed,
+          'data_wait_share': wait / elapsed}
+
+
+def real_run_wait(workload_name: str, scale: str, data_dir: str | None, overrides: tuple[str, ...]) -> dict:
+  """One seeded `suite.main` run of the workload (its own process, this environment's devices): the data-wait
+  share of its training time, from its summary's goodput (data_wait_s over data wait + checkpoint + productive)."""
+  out = tempfile.mkdtemp(prefix='pipeline-run-')
+  cmd = [sys.executable, '-m', 'suite.main', '--workload=' + workload_name, '--scale=' + scale, '--seed=0',
+         '--output_dir=' + out, *(['--data_dir=' + data_dir] if data_dir else []),
+         *('--config.' + item for item in overrides)]
+  summary = _summary_of(cmd, dict(os.environ), out)
+  goodput = summary['goodput']
+  train_s = goodput['train_s'] + goodput['data_wait_s'] + goodput['checkpoint_s']
+  return {'status': summary['status'], 'train_steps': summary['train_steps'], 'train_s': train_s,
+          'data_wait_s': goodput['data_wait_s'], 'data_wait_share': goodput['data_wait_s'] / train_s,
+          'samples_per_s': summary['samples_per_s'], 'output_dir': out}
+
+
 def pipeline(workload_name: str, scale: str, data_dir: str | None, num_steps: int, repeats: int,
-             overrides: tuple[str, ...] = ()) -> dict:
+             overrides: tuple[str, ...] = (), system: str = needed_rates.DEFAULT_SYSTEM, compute_ms: float = 0.0,
+             real_run: bool = False) -> dict:
   """Samples/s of `workload.train_batches` alone and of the compiled train step alone (medians of `repeats`); the
   pipeline keeps the step fed when its figure is the larger (it runs on a thread beside the step in a run).
-  `overrides` (--set KEY=VALUE) change config fields, e.g. image_size=224 for ImageNet-sized outputs."""
+  `overrides` (--set KEY=VALUE) change config fields, e.g. image_size=224 for ImageNet-sized outputs. Beside them:
+  the rate `system`'s published result needs (needed_rates), and the data-wait shares (synthetic_compute_wait,
+  and real_run_wait when `real_run`)."""
+  needed = needed_rates.needed(workload_name, system)  # Checks --system before the long part.
   config = memory.apply_overrides(registry.get_config(workload_name, scale), list(overrides))
   workload = registry.make_workload(workload_name, config, scale)
   workload.open_data(data_dir)
@@ -180,16 +227,28 @@ def pipeline(workload_name: str, scale: str, data_dir: str | None, num_steps: in
       state, _ = compiled.train(state, on_device[i % len(on_device)])
     jax.block_until_ready(state)
     step_s.append((time.perf_counter() - start) / num_steps)
+  if hasattr(batches, 'close'):
+    batches.close()  # Frees the cores of its worker processes (data_workers > 0) for what follows.
   batch = workload.global_batch_size
   pipe, step = statistics.median(pipeline_s), statistics.median(step_s)
   cores = len(os.sched_getaffinity(0))
-  return {'benchmark': 'pipeline', 'workload': workload_name, 'scale': scale, 'overrides': list(overrides),
-          'global_batch_size': batch,
-          'steps': num_steps, 'repeats': repeats, 'devices': len(jax.devices()), 'host_cores': cores,
-          'pipeline_samples_per_s': batch / pipe, 'pipeline_samples_per_s_per_core': batch / pipe / cores,
-          'bytes_per_sample_to_device': bytes_per_sample,
-          'batch_dtypes': {k: str(np.asarray(v).dtype) for k, v in first.items()},
-          'step_samples_per_s': batch / step, 'pipeline_to_step_ratio': step / pipe}
+  per_core = batch / pipe / cores
+  result = {'benchmark': 'pipeline', 'workload': workload_name, 'scale': scale, 'overrides': list(overrides),
+            'global_batch_size': batch, 'data_workers': config.get('data_workers', 0),
+            'steps': num_steps, 'repeats': repeats, 'devices': len(jax.devices()), 'host_cores': cores,
+            'pipeline_samples_per_s': batch / pipe, 'pipeline_samples_per_s_per_core': per_core,
+            'bytes_per_sample_to_device': bytes_per_sample,
+            'batch_dtypes': {k: str(np.asarray(v).dtype) for k, v in first.items()},
+            'step_samples_per_s': batch / step, 'pipeline_to_step_ratio': step / pipe,
+            'system': system, 'needed': needed,
+            'needed_samples_per_s_per_accelerator': needed and needed['samples_per_s_per_accelerator'],
+            'needed_samples_per_s_per_host_core': needed and needed['samples_per_s_per_host_core'],
+            'per_core_ratio_to_needed': needed and per_core / needed['samples_per_s_per_host_core']}
+  compute_s = compute_ms / 1000 if compute_ms > 0 else step
+  result['synthetic_compute'] = synthetic_compute_wait(workload, compiled.train_batch_sharding, compute_s, num_steps)
+  if real_run:
+    result['real_run'] = real_run_wait(workload_name, scale, data_dir, overrides)
+  return result
 
 
 BENCHMARKS = ('overhead', 'scaling', 'memory', 'pipeline')
@@ -204,7 +263,8 @@ def main(argv):
     if argv[1] == 'scaling':
       result = scaling(FLAGS.workload, FLAGS.scale, FLAGS.data_dir)
     elif argv[1] == 'pipeline':
-      result = pipeline(FLAGS.workload, FLAGS.scale, FLAGS.data_dir, FLAGS.steps, FLAGS.repeats, FLAGS.set)
+      result = pipeline(FLAGS.workload, FLAGS.scale, FLAGS.data_dir, FLAGS.steps, FLAGS.repeats, FLAGS.set,
+                        FLAGS.system, FLAGS.compute_ms, FLAGS.real_run)
     elif argv[1] == 'memory':
       result = memory.memory(FLAGS.workload, FLAGS.scale, FLAGS.mesh, FLAGS.devices, FLAGS.set)
     else:
