@@ -33,3 +33,14 @@ def check_log(path: str, ruleset: str = '4.0.0') -> subprocess.CompletedProcess:
 def data_dir(tmp_path_factory):
   """One TFDS data folder shared by the tests (the generated dataset is written once)."""
   return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='session')
+def resnet_tiny_trained(tmp_path_factory, data_dir):
+  """One tiny ResNet trained for one epoch (top-1 about 0.5: a non-trivial accuracy for inference to reproduce, at a
+  quarter of the cost of training to the target), shared by the inference tests."""
+  out = tmp_path_factory.mktemp('resnet-tiny') / 'train'
+  result = run_suite('--workload=resnet', '--scale=tiny', '--seed=11', f'--data_dir={data_dir}',
+                     f'--output_dir={out}', '--config.max_epochs=1')
+  assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: stopped at max_epochs, weights still saved.
+  return out

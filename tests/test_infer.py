@@ -40,14 +40,9 @@ LOADGEN_LOGS = os.path.join(os.path.dirname(__file__), 'data', 'loadgen')
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory, data_dir):
-  """One tiny ResNet checkpoint for the module: one epoch (about 0.5 top-1) is a non-trivial accuracy to
-  reproduce, at a quarter of the cost of training to the target."""
-  out = tmp_path_factory.mktemp('infer') / 'train'
-  result = run_suite('--workload=resnet', '--scale=tiny', '--seed=11', f'--data_dir={data_dir}',
-                     f'--output_dir={out}', '--config.max_epochs=1')
-  assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: stopped at max_epochs, weights still saved.
-  return out
+def trained(resnet_tiny_trained):
+  """The session's tiny ResNet checkpoint (tests/conftest.py), shared with the audit tests."""
+  return resnet_tiny_trained
 
 
 def _infer(trained, data_dir, out, *args):

@@ -167,8 +167,9 @@ def measure_latency(run_batch: Callable[[np.ndarray], None], make_batch: Callabl
   return float(np.median(times))
 
 
-def run_test(sut_handle, qsl_handle, settings, output_dir: str) -> None:
-  """One LoadGen test; its mlperf_log_* files go to `output_dir`."""
+def run_test(sut_handle, qsl_handle, settings, output_dir: str, audit_config: str = 'audit.config') -> None:
+  """One LoadGen test; its mlperf_log_* files go to `output_dir`. LoadGen applies the file `audit_config` (a
+  compliance test's settings) when it exists: by default ./audit.config, as LoadGen itself does."""
   import mlperf_loadgen as lg  # pylint: disable=import-outside-toplevel
   os.makedirs(output_dir, exist_ok=True)
   log_output = lg.LogOutputSettings()
@@ -177,7 +178,7 @@ def run_test(sut_handle, qsl_handle, settings, output_dir: str) -> None:
   log_settings = lg.LogSettings()
   log_settings.log_output = log_output
   log_settings.enable_trace = False  # The trace is large and costs time on the issuing thread.
-  lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings)
+  lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings, audit_config)
 
 
 def read_detail_log(path: str) -> tuple[dict, list[str]]:

@@ -122,8 +122,9 @@ def build(workload, options: InferOptions, checkpoint: str):
   return settings, predictor, library, policy, finish
 
 
-def execute(settings, library, predictor, finish, policy, output_dir: str) -> dict:
-  """One LoadGen test of a SUT over `predictor`; the SUT's counts (errors, samples, batches) and wall time."""
+def execute(settings, library, predictor, finish, policy, output_dir: str, audit_config: str = 'audit.config') -> dict:
+  """One LoadGen test of a SUT over `predictor`; the SUT's counts (errors, samples, batches) and wall time.
+  `audit_config`: the compliance test settings file LoadGen applies if it exists (suite.inference.audit)."""
   import mlperf_loadgen as lg  # pylint: disable=import-outside-toplevel
 
   from suite.inference.sut import SUT  # pylint: disable=import-outside-toplevel
@@ -131,7 +132,7 @@ def execute(settings, library, predictor, finish, policy, output_dir: str) -> di
   sut_handle, qsl_handle = sut.construct(), library.construct()
   start = time.perf_counter()
   try:
-    infer_loadgen.run_test(sut_handle, qsl_handle, settings, output_dir)
+    infer_loadgen.run_test(sut_handle, qsl_handle, settings, output_dir, audit_config)
   finally:
     test_s = time.perf_counter() - start
     sut.stop()
