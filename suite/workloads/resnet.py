@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from input_pipelines import generated_images, sources
+from input_pipelines import dali_images, generated_images, sources
 from input_pipelines import image_classification as pipeline
 from input_pipelines.image_ops import normalize_on_device
 from models import flops, resnet
@@ -45,6 +45,9 @@ def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
   c.dataset = 'imagenet2012'
   c.train_split = 'train'
   c.eval_split = 'validation'
+  # 'grain' (PIL on host threads) or 'dali' (NVIDIA DALI: nvJPEG on a GPU host; the pip extra `dali`); the same
+  # examples, crops and flips either way (input_pipelines/dali_images.py).
+  c.data_backend = 'grain'
   c.num_classes = 1000
   c.image_size = 224
   c.crop_min_scale = 0.08
@@ -104,7 +107,7 @@ class ResNetWorkload(workload_lib.Workload):
   # warm-up, decay length, momentum and weight decay (0.0001 x 2^k); numerics and run-time knobs change no rule.
   closed_free_fields = ('global_batch_size', 'optimizer.name', 'optimizer.learning_rate', 'optimizer.warmup_epochs',
                         'optimizer.decay_epochs', 'optimizer.momentum', 'optimizer.weight_decay', 'model.dtype',
-                        'max_epochs', 'log_every_steps', 'data_threads', 'data_workers')
+                        'max_epochs', 'log_every_steps', 'data_threads', 'data_backend', 'data_workers')
   loadgen_model = 'resnet50'
   # mlcommons/inference vision/classification_and_detection/README.md: resnet50-v1.5 FP32 76.456% top-1.
   inference_reference_accuracy = 0.76456
@@ -134,6 +137,7 @@ class ResNetWorkload(workload_lib.Workload):
   def open_data(self, data_dir):
     c = self.config
     data_dir = sources.resolve_data_dir(data_dir)
+    dali_images.check_backend(c.data_backend)
     if c.dataset == 'synthetic':
       return
     name = c.dataset
@@ -194,7 +198,7 @@ class ResNetWorkload(workload_lib.Workload):
     if self._train_source is None:
       return pipeline.synthetic_batches(global_batch_size=c.global_batch_size, image_size=c.image_size,
                                         num_classes=c.num_classes, seed=seed, process_count=process_count)
-    return pipeline.train_batches(
+    return self._images().train_batches(
         self._train_source, global_batch_size=c.global_batch_size, image_size=c.image_size, seed=seed,
         process_index=process_index, process_count=process_count, crop_min_scale=c.crop_min_scale,
         num_threads=c.data_threads, start_batch=start_step, channels=self.channels, small_images=self.small_images,
@@ -206,10 +210,14 @@ class ResNetWorkload(workload_lib.Workload):
       batch = next(pipeline.synthetic_batches(global_batch_size=c.global_batch_size, image_size=c.image_size,
                                               num_classes=c.num_classes, seed=0, process_count=process_count))
       return iter([{**batch, 'mask': np.ones_like(batch['label'], np.float32)}])
-    return pipeline.eval_batches(self._eval_source, global_batch_size=c.global_batch_size,
-                                 image_size=c.image_size, process_index=process_index,
-                                 process_count=process_count, channels=self.channels,
-                                 small_images=self.small_images)
+    return self._images().eval_batches(self._eval_source, global_batch_size=c.global_batch_size,
+                                       image_size=c.image_size, process_index=process_index,
+                                       process_count=process_count, channels=self.channels,
+                                       small_images=self.small_images)
+
+  def _images(self):
+    """The module that makes the image batches (config.data_backend): the grain pipeline or DALI's."""
+    return dali_images if self.config.data_backend == 'dali' else pipeline
 
   def batch_shapes(self, global_batch_size, train):
     size = self.config.image_size
