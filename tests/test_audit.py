@@ -178,7 +178,7 @@ def test_a_sut_caching_answers_per_sample_fails_test04(resnet_tiny_trained, data
 
 
 def test_bad_input_is_one_error_line(tmp_path):
-  for args in (['--workload=ssd', '--test=TEST04'], ['--mode=accuracy']):
+  for args in (['--workload=ssd', '--test=TEST04'], ['--mode=accuracy']):  # A bad flag: tests/test_cli.py.
     result = _audit(tmp_path, '--scale=tiny', '--scenario=Offline', f'--output_dir={tmp_path / "out"}', *args)
     assert result.returncode == 2, (args, result.stderr[-2000:])
     lines = result.stderr.strip().splitlines()

@@ -133,6 +133,7 @@ COMMANDS = {  # command: (a flag its --help shows, a bad command line, a word of
     'suite.report': ('--out', ['--bogus', 'DIR'], 'bogus'),
     'suite.package': ('--runs_dir', ['--org=o'], '--runs_dir'),
     'suite.infer': ('--scenario', ['--bogus'], 'bogus'),
+    'suite.audit': ('--test', ['--test=TEST09'], 'TEST09'),
     'suite.bench': ('--steps', ['overhead', '--steps=many'], 'steps'),
 }
 
