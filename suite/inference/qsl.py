@@ -68,3 +68,20 @@ class SampleLibrary:
     """The LoadGen handle; destroy it with lg.DestroyQSL."""
     import mlperf_loadgen as lg  # pylint: disable=import-outside-toplevel
     return lg.ConstructQSL(self.total_count, self.performance_count, self.load, self.unload)
+
+
+class PinnedLibrary:
+  """A library's view whose samples stay loaded when LoadGen unloads them: the calibration probe and the Server
+  search's trials run on the samples the test itself then uses, read from the eval split once."""
+
+  def __init__(self, library: SampleLibrary):
+    self.library = library
+
+  def gather(self, indices: list[int]) -> np.ndarray:
+    return self.library.gather(indices)
+
+  def construct(self):
+    """The LoadGen handle; destroy it with lg.DestroyQSL."""
+    import mlperf_loadgen as lg  # pylint: disable=import-outside-toplevel
+    return lg.ConstructQSL(self.library.total_count, self.library.performance_count, self.library.load,
+                           lambda indices: None)

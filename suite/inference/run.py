@@ -44,8 +44,13 @@ def define_flags() -> None:
   flags.DEFINE_integer('samples_per_query', None, 'MultiStream samples per query (official: 8).')
   flags.DEFINE_integer('performance_sample_count', None, 'Samples LoadGen keeps loaded (default: mlperf.conf, '
                        'capped at the eval split).')
-  flags.DEFINE_integer('server_batch_size', 16, 'Server: the largest dynamic batch.')
-  flags.DEFINE_float('server_batch_timeout_ms', 2.0, 'Server: the longest a queued sample waits for a fuller batch.')
+  flags.DEFINE_integer('server_batch_size', 16, 'Server: the largest dynamic batch (suite.infer without it: the '
+                       'largest power of two up to 128 that computes within a quarter of the latency bound).')
+  flags.DEFINE_float('server_batch_timeout_ms', 2.0, 'Server: the longest a queued sample waits for a fuller batch '
+                     '(suite.infer without it: a quarter of the latency bound).')
+  flags.DEFINE_bool('find_peak', False, 'Server: search the highest target_qps that ends VALID at the latency bound '
+                    '(bisection over short LoadGen runs in OUTPUT_DIR/peak_search), then run the test at it.')
+  flags.DEFINE_integer('peak_trials', 8, '--find_peak: the most search runs before the confirmation run.')
   flags.DEFINE_integer('offline_batch_size', 128, 'Offline: the batch size.')
 
 
@@ -63,8 +68,10 @@ class InferOptions:
   platform: str | None = None
   overwrite: bool = False
   overrides: infer_loadgen.Overrides = dataclasses.field(default_factory=infer_loadgen.Overrides)
-  server_batch_size: int = 16
-  server_batch_timeout_ms: float = 2.0
+  server_batch_size: int | None = None  # Server, None: derived from the bound and the measured batch latencies.
+  server_batch_timeout_ms: float | None = None  # Server, None: a share of the bound (suite.inference.server_search).
+  find_peak: bool = False
+  peak_trials: int = 8
   offline_batch_size: int = 128
 
 
@@ -76,7 +83,10 @@ def batch_policy(scenario: str, settings, options: InferOptions, by_index: bool 
   if scenario == 'MultiStream':
     return BatchPolicy(settings.multi_stream_samples_per_query)
   if scenario == 'Server':
-    return BatchPolicy(options.server_batch_size, options.server_batch_timeout_ms / 1e3)
+    # The largest batch it may take; suite.inference.server_search sizes both from the bound before the test.
+    from suite.inference import server_search  # pylint: disable=import-outside-toplevel
+    return BatchPolicy(options.server_batch_size or server_search.MAX_SERVER_BATCH,
+                       (options.server_batch_timeout_ms or 2.0) / 1e3)
   return BatchPolicy(options.offline_batch_size, by_index=by_index)
 
 
@@ -142,6 +152,52 @@ def execute(settings, library, predictor, finish, policy, output_dir: str, audit
           'batches': sut.batches, 'test_s': test_s}
 
 
+def probe_rate(settings, scenario: str, library, predictor, finish, policy, output_dir: str,
+               rate: float) -> float | None:
+  """The rate (infer_loadgen.expected_rate's units) a short LoadGen test of the SUT sustains when told to expect
+  `rate`: the test's own settings for infer_loadgen.probe_duration_ms and no minimum query count, its logs in
+  OUTPUT_DIR/calibration. The samples it loads stay loaded for the test."""
+  from suite.inference.qsl import PinnedLibrary  # pylint: disable=import-outside-toplevel
+  saved = (settings.min_duration_ms, settings.min_query_count, settings.max_query_count,
+           infer_loadgen.expected_rate(settings, scenario))
+  folder = os.path.join(output_dir, 'calibration')
+  try:
+    settings.min_duration_ms = infer_loadgen.probe_duration_ms(settings.min_duration_ms)
+    settings.min_query_count, settings.max_query_count = 1, 0
+    infer_loadgen.set_expected_rate(settings, scenario, rate)
+    stats = execute(settings, PinnedLibrary(library), predictor, finish, policy, folder)
+  finally:
+    settings.min_duration_ms, settings.min_query_count, settings.max_query_count = saved[:3]
+    infer_loadgen.set_expected_rate(settings, scenario, saved[3])
+  return None if stats['errors'] else infer_loadgen.measured_rate(folder, scenario)
+
+
+def find_server_peak(settings, library, predictor, finish, policy, options: InferOptions,
+                     latencies: dict[int, float]) -> tuple[dict, dict]:
+  """(stats of the test, the search's report): suite.inference.server_search's bisection over short Server runs
+  (the test's settings, at most server_search.TRIAL_MS and TRIAL_QUERIES each), then the test at the peak in
+  OUTPUT_DIR."""
+  from suite.inference import server_search  # pylint: disable=import-outside-toplevel
+  from suite.inference.qsl import PinnedLibrary  # pylint: disable=import-outside-toplevel
+  full = (settings.min_duration_ms, settings.min_query_count)
+  short = (min(full[0], server_search.TRIAL_MS), min(full[1], server_search.TRIAL_QUERIES))
+  stats = {}
+
+  def run_at(qps: float, folder: str, trial: bool) -> server_search.Trial:
+    settings.server_target_qps = qps
+    settings.min_duration_ms, settings.min_query_count = short if trial else full
+    stats[folder] = execute(settings, PinnedLibrary(library), predictor, finish, policy, folder)
+    result = infer_loadgen.read_result(folder, 'Server')
+    invalid = infer_loadgen.judge(result, 'performance', stats[folder]['errors'], stats[folder]['error_messages'])
+    return server_search.Trial(qps, not invalid, result.get('p99_latency_ms'), result.get('samples_per_s'),
+                               '; '.join(invalid) or None, os.path.abspath(folder))
+
+  low, high = server_search.bracket(latencies, policy.max_batch)
+  report = server_search.search(run_at, options.output_dir, low, high, options.peak_trials)
+  report['latency_bound_ms'] = settings.server_target_latency_ns / 1e6
+  return stats[options.output_dir], report
+
+
 def run(workload, options: InferOptions) -> dict:
   """One LoadGen test; returns the summary it also writes to summary.json."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -159,16 +215,34 @@ def run(workload, options: InferOptions) -> dict:
   sample = workload.batch_shapes(1, train=False)[workload.inference_input_key]
   make_batch = lambda b: np.zeros((b, *sample.shape[1:]), sample.dtype)  # noqa: E731
   run_batch = lambda images: finish(predictor(images), images.shape[0])  # noqa: E731
+  latencies: dict[int, float] = {}  # Each batch size measured once, for the batcher and the calibration.
+  measure = lambda b: latencies.get(b) or latencies.setdefault(  # noqa: E731
+      b, infer_loadgen.measure_latency(run_batch, make_batch, b))
+  batching = search = None
+  if options.scenario == 'Server':
+    from suite.inference import server_search  # pylint: disable=import-outside-toplevel
+    policy, batching = server_search.adapt_policy(policy, settings.server_target_latency_ns / 1e9, measure,
+                                                  options.server_batch_size, options.server_batch_timeout_ms)
   measured = {}
   if options.mode == 'performance':
     keep = infer_loadgen.user_conf_keys(options.user_conf, infer_model.loadgen_model(workload),
                                         options.scenario)
     measured = infer_loadgen.calibrate(
-        settings, options.scenario, lambda b: infer_loadgen.measure_latency(run_batch, make_batch, b),
-        policy.max_batch, keep, options.overrides)
+        settings, options.scenario, measure, policy.max_batch, keep, options.overrides,
+        probe=lambda rate: probe_rate(settings, options.scenario, library, predictor, finish, policy,
+                                      options.output_dir, rate))
 
-  stats = execute(settings, library, predictor, finish, policy, options.output_dir)
+  if options.find_peak:
+    stats, search = find_server_peak(settings, library, predictor, finish, policy, options, batching['latency_s'])
+  else:
+    stats = execute(settings, library, predictor, finish, policy, options.output_dir)
   result = infer_loadgen.read_result(options.output_dir, options.scenario)
+  if measured:
+    # What LoadGen planned from against what the test sustained (within 10% is the calibration's goal).
+    measured['expected_qps'] = infer_loadgen.expected_rate(settings, options.scenario)
+    measured['measured_qps'] = infer_loadgen.measured_rate(options.output_dir, options.scenario)
+    measured['expected_over_measured'] = (measured['expected_qps'] / measured['measured_qps']
+                                          if measured['measured_qps'] else None)
   # Any failed sample, LoadGen error or LoadGen INVALID makes the run INVALID, whatever LoadGen's own verdict.
   invalid = infer_loadgen.judge(result, options.mode, stats['errors'], stats['error_messages'])
   accuracy = None
@@ -182,7 +256,8 @@ def run(workload, options: InferOptions) -> dict:
       'loadgen_result': result['result'],
       'headline': result.get('headline'), 'headline_value': result.get(result.get('headline')),
       'accuracy': accuracy, **stats, 'batch_sizes': sorted(predictor.executables),
-      'policy': dataclasses.asdict(policy), 'compile_s': predictor.compile_s,
+      'policy': dataclasses.asdict(policy), 'compile_s': predictor.compile_s, 'server_batching': batching,
+      'server_search': search,
       'calibration': measured,
       'settings': {'min_duration_ms': settings.min_duration_ms, 'min_query_count': settings.min_query_count,
                    'server_target_qps': settings.server_target_qps,
@@ -220,6 +295,8 @@ def human_line(s: dict) -> str:
 def options_from_flags() -> InferOptions:
   if not FLAGS.scenario:
     raise UserError(f"pass --scenario: one of {', '.join(infer_loadgen.SCENARIOS)}")
+  if FLAGS.find_peak and (FLAGS.scenario != 'Server' or FLAGS.mode != 'performance'):
+    raise UserError('--find_peak searches the Server rate: pass --scenario=Server --mode=performance with it')
   output_dir = FLAGS.output_dir or os.path.join(
       'runs', f'infer-{FLAGS.workload}-{FLAGS.scale}-{FLAGS.scenario}-{FLAGS.mode}-{time.strftime("%Y%m%d-%H%M%S")}')
   overrides = infer_loadgen.Overrides(
@@ -231,7 +308,10 @@ def options_from_flags() -> InferOptions:
       workload=FLAGS.workload, scenario=FLAGS.scenario, mode=FLAGS.mode, scale=FLAGS.scale,
       data_dir=FLAGS.data_dir, output_dir=output_dir, checkpoint=FLAGS.checkpoint, cache_dir=FLAGS.cache_dir,
       user_conf=FLAGS.user_conf, platform=FLAGS.platform, overwrite=FLAGS.overwrite, overrides=overrides,
-      server_batch_size=FLAGS.server_batch_size, server_batch_timeout_ms=FLAGS.server_batch_timeout_ms,
+      # Unset, the Server batcher is sized from the latency bound (suite.inference.server_search).
+      server_batch_size=FLAGS.server_batch_size if FLAGS['server_batch_size'].present else None,
+      server_batch_timeout_ms=FLAGS.server_batch_timeout_ms if FLAGS['server_batch_timeout_ms'].present else None,
+      find_peak=FLAGS.find_peak, peak_trials=FLAGS.peak_trials,
       offline_batch_size=FLAGS.offline_batch_size)
 
 
