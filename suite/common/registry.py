@@ -12,6 +12,7 @@ WORKLOADS = {
     'dlrm_dcnv2': 'suite.workloads.dlrm',
     'gnmt': 'suite.workloads.translation.gnmt',
     'llama31_8b': 'suite.workloads.llama',
+    'mobilenet': 'suite.workloads.mobilenet',
     'ncf': 'suite.workloads.ncf',
     'resnet': 'suite.workloads.resnet',
     'ssd': 'suite.workloads.ssd',
