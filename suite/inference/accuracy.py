@@ -25,10 +25,11 @@ def read_accuracy_log(path: str) -> dict[int, bytes]:
   return {int(e['qsl_idx']): bytes.fromhex(e['data']) for e in entries}
 
 
-def score(workload: Workload, responses: dict[int, bytes]) -> dict:
-  """The accuracy of the logged responses over the workload's eval split, and the closed-division verdict."""
+def score(workload: Workload, responses: dict[int, bytes], eval_samples: list[dict] | None = None) -> dict:
+  """The accuracy of the logged responses over the workload's eval split, and the closed-division verdict.
+  `eval_samples`: qsl.eval_metadata(workload), when the caller already read it."""
   from suite.inference import qsl  # pylint: disable=import-outside-toplevel
-  eval_samples = qsl.eval_metadata(workload)
+  eval_samples = qsl.eval_metadata(workload) if eval_samples is None else eval_samples
   if any(i >= len(eval_samples) for i in responses):
     raise UserError(f'the accuracy log has qsl indices past the {len(eval_samples)} eval samples: it is from '
                     'another workload or scale')
