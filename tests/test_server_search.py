@@ -102,14 +102,15 @@ def _settings(scenario, **overrides):
 @pytest.mark.parametrize('scenario', ['Offline', 'SingleStream', 'MultiStream'])
 def test_calibration_takes_the_probed_rate(scenario):
   """The expectation LoadGen plans from is the rate the probe measured, not the bare batch's."""
-  probed = []
+  probed, rates = [], iter([900.0, 1234.0])
   settings = _settings(scenario)
   info = infer_loadgen.calibrate(settings, scenario, lambda b: 0.004, 128, set(), infer_loadgen.Overrides(),
-                                 probe=lambda rate: probed.append(rate) or 1234.0)
+                                 probe=lambda rate: probed.append(rate) or next(rates))
   size = {'Offline': 128, 'SingleStream': 1, 'MultiStream': 8}[scenario]
   estimate = infer_loadgen.BARE_BIAS * (size if scenario == 'Offline' else 1) / 0.004
-  assert probed == [pytest.approx(estimate)]  # The probe was told to expect the bare estimate.
-  assert info['source'] == 'probe' and info['probe_qps'] == 1234.0
+  # Two probes, each told to expect the bare estimate; the faster one's rate is the expectation.
+  assert infer_loadgen.PROBES == 2 and probed == [pytest.approx(estimate)] * 2
+  assert info['source'] == 'probe' and info['probe_qps'] == [900.0, 1234.0]
   if scenario == 'Offline':
     assert settings.offline_expected_qps == 1234.0
   elif scenario == 'SingleStream':

@@ -152,15 +152,14 @@ def execute(settings, library, predictor, finish, policy, output_dir: str, audit
           'batches': sut.batches, 'test_s': test_s}
 
 
-def probe_rate(settings, scenario: str, library, predictor, finish, policy, output_dir: str,
+def probe_rate(settings, scenario: str, library, predictor, finish, policy, folder: str,
                rate: float) -> float | None:
   """The rate (infer_loadgen.expected_rate's units) a short LoadGen test of the SUT sustains when told to expect
   `rate`: the test's own settings for infer_loadgen.probe_duration_ms and no minimum query count, its logs in
-  OUTPUT_DIR/calibration. The samples it loads stay loaded for the test."""
+  `folder`. The samples it loads stay loaded for the test."""
   from suite.inference.qsl import PinnedLibrary  # pylint: disable=import-outside-toplevel
   saved = (settings.min_duration_ms, settings.min_query_count, settings.max_query_count,
            infer_loadgen.expected_rate(settings, scenario))
-  folder = os.path.join(output_dir, 'calibration')
   try:
     settings.min_duration_ms = infer_loadgen.probe_duration_ms(settings.min_duration_ms)
     settings.min_query_count, settings.max_query_count = 1, 0
@@ -223,14 +222,15 @@ def run(workload, options: InferOptions) -> dict:
     from suite.inference import server_search  # pylint: disable=import-outside-toplevel
     policy, batching = server_search.adapt_policy(policy, settings.server_target_latency_ns / 1e9, measure,
                                                   options.server_batch_size, options.server_batch_timeout_ms)
-  measured = {}
+  measured, probes = {}, iter(range(infer_loadgen.PROBES))
   if options.mode == 'performance':
     keep = infer_loadgen.user_conf_keys(options.user_conf, infer_model.loadgen_model(workload),
                                         options.scenario)
     measured = infer_loadgen.calibrate(
         settings, options.scenario, measure, policy.max_batch, keep, options.overrides,
         probe=lambda rate: probe_rate(settings, options.scenario, library, predictor, finish, policy,
-                                      options.output_dir, rate))
+                                      os.path.join(options.output_dir, 'calibration', f'probe_{next(probes)}'),
+                                      rate))
 
   if options.find_peak:
     stats, search = find_server_peak(settings, library, predictor, finish, policy, options, batching['latency_s'])
