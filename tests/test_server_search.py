@@ -190,3 +190,11 @@ def test_find_peak_on_the_tiny_resnet(resnet_tiny_trained, data_dir, tmp_path):
   within = [int(b) for b, s in batching['latency_s'].items() if s <= 0.025]
   assert summary['policy']['max_batch'] == batching['max_batch'] == max(within, default=1)
   assert summary['policy']['timeout_s'] == 0.025 and batching['timeout_from'] == 'bound'
+
+
+def test_find_peak_outside_server_performance_is_one_error_line(tmp_path):
+  result = run_suite('--workload=resnet', '--scale=tiny', f'--output_dir={tmp_path / "out"}', '--scenario=Offline',
+                     '--find_peak', module='suite.infer', timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: --find_peak') and '--scenario=Server' in lines[0], lines
