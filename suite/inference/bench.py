@@ -28,6 +28,8 @@ def define_flags() -> None:
   """The bench's own flags, beside the workload flags and suite.inference.run's (its model and SUT flags)."""
   flags.DEFINE_float('offline_seconds', 5.0, 'Minimum duration of the Offline test and of the bare loop.')
   flags.DEFINE_float('server_seconds', 3.0, 'Minimum duration of each Server test.')
+  flags.DEFINE_bool('score_accuracy', True, 'Also score the whole eval split through the same compiled forward '
+                    '(the accuracy a LoadGen accuracy run would log) against the closed bound.')
   flags.DEFINE_string('server_fractions', '0.2,0.4,0.6,0.8', 'Server target QPS tried, as fractions of the bare '
                       'Offline throughput; the highest VALID one is reported.')
 
@@ -44,10 +46,32 @@ def bare_loop(predictor, batches: list, min_seconds: float) -> float:
   return samples / (time.perf_counter() - start)
 
 
+def score_eval_split(workload, library, predictor, finish, batch: int, chunk: int = 4096) -> dict:
+  """The workload's metric over every eval sample answered by `predictor` (loaded a chunk at a time), scored as
+  an accuracy run's log is (suite.inference.accuracy.score)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from suite.inference import accuracy as infer_accuracy  # pylint: disable=import-outside-toplevel
+  responses = {}
+  for first in range(0, library.total_count, chunk):
+    indices = list(range(first, min(first + chunk, library.total_count)))
+    library.load(indices)
+    for i in range(0, len(indices), batch):
+      part = indices[i:i + batch]
+      answers = finish(predictor(library.gather(part)), len(part))
+      responses.update(zip(part, (np.ascontiguousarray(r).tobytes() for r in answers)))
+    library.unload(indices)
+  return infer_accuracy.score(workload, responses)
+
+
 def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: float,
-        fractions: list[float]) -> dict:
+        fractions: list[float], score_accuracy: bool = False) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+
   from suite.inference import model as infer_model  # pylint: disable=import-outside-toplevel
+  from suite.inference import quantize  # pylint: disable=import-outside-toplevel
   from suite.inference.sut import BatchPolicy  # pylint: disable=import-outside-toplevel
+  quantize.check_options(options.precision, options.calibration_list, options.scale)
   workload.open_data(options.data_dir)
   offline = infer_lib.InferOptions(**{**options.__dict__, 'scenario': 'Offline'})
   settings, predictor, library, policy, finish = infer_lib.build(workload, offline, infer_lib.checkpoint_dir(offline))
@@ -56,13 +80,14 @@ def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: f
   extra = [b for b in server_sizes if b not in predictor.executables]
   if extra:
     from suite.common import sharding  # pylint: disable=import-outside-toplevel
-    more = infer_model.compile_predictor(workload, sharding.make_mesh(), predictor.params, predictor.model_state,
-                                         tuple(extra))
+    more = infer_model.compile_predictor(predictor.forward, sharding.make_mesh(), predictor.params,
+                                         predictor.model_state, tuple(extra))
     predictor.executables.update(more.executables)
     predictor.input_shardings.update(more.input_shardings)
+  batch = policy.max_batch
+  accuracy = score_eval_split(workload, library, predictor, finish, batch) if score_accuracy else None
   indices = list(range(library.performance_count))
   library.load(indices)
-  batch = policy.max_batch
   batches = [library.gather(indices[i:i + batch]) for i in range(0, len(indices), batch)]
   bare = bare_loop(predictor, batches, offline_s)
   library.unload(indices)
@@ -115,7 +140,8 @@ def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: f
     tokens['offline_tokens_ratio'] = (tokens['offline_sut_tokens_per_s'] / tokens['offline_bare_tokens_per_s']
                                       if offline_sut and bare_tokens else None)
   return {
-      'workload': options.workload, 'scale': options.scale, 'offline_batch_size': batch,
+      'workload': options.workload, 'scale': options.scale, **predictor.precision,
+      'device_kind': jax.devices()[0].device_kind, 'accuracy': accuracy, 'offline_batch_size': batch,
       'offline_sut_samples_per_s': offline_sut, 'offline_valid': not offline_invalid,
       'offline_reason': '; '.join(offline_invalid) or None, 'offline_bare_samples_per_s': bare,
       'offline_ratio': offline_sut / bare if offline_sut else None,
@@ -145,11 +171,13 @@ def main(argv) -> int:
         output_dir=FLAGS.output_dir or tempfile.mkdtemp(prefix='infer_bench_'), checkpoint=FLAGS.checkpoint,
         cache_dir=FLAGS.cache_dir, user_conf=FLAGS.user_conf, platform=FLAGS.platform,
         server_batch_size=FLAGS.server_batch_size, server_batch_timeout_ms=FLAGS.server_batch_timeout_ms,
-        offline_batch_size=FLAGS.offline_batch_size)
+        offline_batch_size=FLAGS.offline_batch_size, precision=FLAGS.precision,
+        calibration_list=FLAGS.calibration_list)
     cli_lib.select_platform(options.platform)
     sys.setswitchinterval(1e-4)  # As suite.inference.run: GIL hand-offs between LoadGen's and the SUT's threads.
     result = run(registry.make_workload(options.workload, cli_lib.workload_config(), options.scale), options,
-                 FLAGS.offline_seconds, FLAGS.server_seconds, [float(f) for f in FLAGS.server_fractions.split(',')])
+                 FLAGS.offline_seconds, FLAGS.server_seconds, [float(f) for f in FLAGS.server_fractions.split(',')],
+                 FLAGS.score_accuracy)
   except UserError as e:
     cli_lib.print_error(str(e))
     return cli_lib.EXIT_BAD_INPUT

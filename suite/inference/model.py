@@ -48,6 +48,9 @@ class Predictor:
   model_state: Any
   input_shardings: dict[int, Any]
   compile_s: float = 0.0
+  # How the forward computes (suite.inference.quantize.prepare): {'precision': ...} and, for int8, its calibration.
+  precision: dict = dataclasses.field(default_factory=lambda: {'precision': None})
+  forward: Any = None  # The workload whose `predict` was compiled (a quantised one's copy, at int8).
 
   @property
   def max_batch(self) -> int:
@@ -84,7 +87,7 @@ def compile_predictor(workload: Workload, mesh, params, model_state, batch_sizes
     input_shardings[b] = sharding.batch_sharding(mesh) if b % num_devices == 0 else sharding.replicated(mesh)
     images = jax.ShapeDtypeStruct((b, *image.shape[1:]), image.dtype, sharding=input_shardings[b])
     executables[b] = forward.lower(abstract(params), abstract(model_state), images).compile()
-  return Predictor(executables, params, model_state, input_shardings, time.perf_counter() - start)
+  return Predictor(executables, params, model_state, input_shardings, time.perf_counter() - start, forward=workload)
 
 
 def restore_weights(workload: Workload, mesh, checkpoint_dir: str) -> tuple[Any, Any]:

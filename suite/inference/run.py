@@ -52,6 +52,12 @@ def define_flags() -> None:
                     '(bisection over short LoadGen runs in OUTPUT_DIR/peak_search), then run the test at it.')
   flags.DEFINE_integer('peak_trials', 8, '--find_peak: the most search runs before the confirmation run.')
   flags.DEFINE_integer('offline_batch_size', 128, 'Offline: the batch size.')
+  flags.DEFINE_enum('precision', None, ['f32', 'bf16', 'int8'], "The forward's precision (default: the config's "
+                    'model dtype): f32 or bf16 compute, or int8 weights and activations with static scales '
+                    '(suite.inference.quantize).')
+  flags.DEFINE_string('calibration_list', None, '--precision=int8: the train images whose activations set the '
+                      "int8 scales, one file name (MLPerf's calibration list format) or sample index a line "
+                      '(default for --scale=tiny: the first 500 train samples).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +79,8 @@ class InferOptions:
   find_peak: bool = False
   peak_trials: int = 8
   offline_batch_size: int = 128
+  precision: str | None = None
+  calibration_list: str | None = None
 
 
 def batch_policy(scenario: str, settings, options: InferOptions, by_index: bool = False):
@@ -118,15 +126,20 @@ def build(workload, options: InferOptions, checkpoint: str):
 
   from suite.common import sharding  # pylint: disable=import-outside-toplevel
   from suite.inference import model as infer_model  # pylint: disable=import-outside-toplevel
+  from suite.inference import quantize  # pylint: disable=import-outside-toplevel
   from suite.inference.qsl import SampleLibrary  # pylint: disable=import-outside-toplevel
   model = infer_model.loadgen_model(workload)
   settings = infer_loadgen.build_settings(model, options.scenario, options.mode, options.user_conf,
                                           options.overrides, workload.num_eval_examples)
   mesh = sharding.make_mesh()
   params, model_state = infer_model.restore_weights(workload, mesh, checkpoint)
+  # The forward at the asked precision: the workload's own predict over a model computing in it.
+  forward, params, precision = quantize.prepare(workload, options.precision, options.calibration_list, mesh, params,
+                                                model_state)
   policy = batch_policy(options.scenario, settings, options, workload.inference_group_by_index)
   sizes = infer_model.batch_sizes_for(options.scenario, settings.multi_stream_samples_per_query, policy.max_batch)
-  predictor = infer_model.compile_predictor(workload, mesh, params, model_state, sizes)
+  predictor = infer_model.compile_predictor(forward, mesh, params, model_state, sizes)
+  predictor.precision = precision
   library = SampleLibrary.for_workload(workload, settings.performance_sample_count_override)
   finish = lambda out, n: workload.encode_responses(jax.device_get(out), n)  # noqa: E731
   return settings, predictor, library, policy, finish
@@ -205,7 +218,9 @@ def run(workload, options: InferOptions) -> dict:
   from suite.common import outputs  # pylint: disable=import-outside-toplevel
   from suite.inference import accuracy as infer_accuracy  # pylint: disable=import-outside-toplevel
   from suite.inference import model as infer_model  # pylint: disable=import-outside-toplevel
+  from suite.inference import quantize  # pylint: disable=import-outside-toplevel
   infer_model.loadgen_model(workload)  # A variant without a LoadGen benchmark fails before any work.
+  quantize.check_options(options.precision, options.calibration_list, options.scale)
   workload.open_data(options.data_dir)
   checkpoint = checkpoint_dir(options)
   settings, predictor, library, policy, finish = build(workload, options, checkpoint)
@@ -258,7 +273,7 @@ def run(workload, options: InferOptions) -> dict:
       'accuracy': accuracy, **stats, 'batch_sizes': sorted(predictor.executables),
       'policy': dataclasses.asdict(policy), 'compile_s': predictor.compile_s, 'server_batching': batching,
       'server_search': search,
-      'calibration': measured,
+      'calibration': measured, **predictor.precision,
       'settings': {'min_duration_ms': settings.min_duration_ms, 'min_query_count': settings.min_query_count,
                    'server_target_qps': settings.server_target_qps,
                    'server_target_latency_ms': settings.server_target_latency_ns / 1e6,
@@ -312,7 +327,8 @@ def options_from_flags() -> InferOptions:
       server_batch_size=FLAGS.server_batch_size if FLAGS['server_batch_size'].present else None,
       server_batch_timeout_ms=FLAGS.server_batch_timeout_ms if FLAGS['server_batch_timeout_ms'].present else None,
       find_peak=FLAGS.find_peak, peak_trials=FLAGS.peak_trials,
-      offline_batch_size=FLAGS.offline_batch_size)
+      offline_batch_size=FLAGS.offline_batch_size, precision=FLAGS.precision,
+      calibration_list=FLAGS.calibration_list)
 
 
 def main(argv) -> int:
