@@ -198,3 +198,14 @@ def test_find_peak_outside_server_performance_is_one_error_line(tmp_path):
   assert result.returncode == 2, result.stderr[-2000:]
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: --find_peak') and '--scenario=Server' in lines[0], lines
+
+
+def test_overwrite_drops_the_replaced_tests_probes_and_trials(tmp_path):
+  from suite.inference import run as infer_run  # pylint: disable=import-outside-toplevel
+  for folder in ('calibration/probe_0', 'peak_search/trial_00_50.0qps'):
+    (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / folder / infer_loadgen.DETAIL_LOG).write_text('old')
+  (tmp_path / 'summary.json').write_text('{}')
+  (tmp_path / 'notes.txt').write_text('mine')
+  infer_run.prepare_output_dir(str(tmp_path), overwrite=True)
+  assert sorted(os.listdir(tmp_path)) == ['notes.txt']

@@ -9,6 +9,7 @@ workload command (suite.common.cli). Exit status: 0 VALID, 1 INVALID, 2 bad inpu
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -107,6 +108,8 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
   for name in ('summary.json', infer_loadgen.SUMMARY_FILE, infer_loadgen.DETAIL_LOG, infer_loadgen.ACCURACY_LOG):
     if os.path.exists(os.path.join(output_dir, name)):
       os.remove(os.path.join(output_dir, name))
+  for name in ('calibration', 'peak_search'):  # The replaced test's probes and Server search runs go with it.
+    shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
 def checkpoint_dir(options: InferOptions) -> str:
