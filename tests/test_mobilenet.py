@@ -202,7 +202,7 @@ def test_tiny_mobilenet_reaches_its_target_and_loadgen_reproduces_it(tmp_path, d
   events = mlperf_log.read_events(str(out / 'result_0.txt'), strict=True)
   values = {e['key']: e['value'] for e in events}
   assert values['submission_benchmark'] == 'mobilenet' and values['submission_division'] == 'open'
-  assert values['opt_name'] == 'rmsprop' and values['opt_base_learning_rate'] == 0.1
+  assert values['opt_name'] == 'rmsprop' and values['opt_base_learning_rate'] == 0.2
   checker = check_log(str(out / 'result_0.txt'))
   assert checker.returncode != 0 and 'open_mobilenet.yaml' in checker.stdout + checker.stderr
 
