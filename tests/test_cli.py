@@ -135,6 +135,7 @@ COMMANDS = {  # command: (a flag its --help shows, a bad command line, a word of
     'suite.infer': ('--scenario', ['--bogus'], 'bogus'),
     'suite.audit': ('--test', ['--test=TEST09'], 'TEST09'),
     'suite.bench': ('--steps', ['overhead', '--steps=many'], 'steps'),
+    'suite.convert_weights': ('--weights', ['--bogus'], 'bogus'),
 }
 
 
