@@ -15,6 +15,7 @@ from models import flops, mobilenet
 from suite.common import mlperf_log, registry, sharding
 from suite.common.errors import UserError
 from suite.inference import convert_weights
+from suite.inference import loadgen as infer_loadgen
 from suite.inference import model as infer_model
 from suite.workloads import mobilenet as mobilenet_workload
 from tests.conftest import check_log, run_suite
@@ -75,6 +76,19 @@ def test_optimizer_is_tf_rmsprop_with_a_staircase_decay():
   assert float(p['Conv2d_1_depthwise']['conv']['kernel'][0, 0, 0, 0]) == pytest.approx(w['dw'], rel=1e-6)
   assert float(p['Conv2d_1_pointwise']['conv']['kernel'][0, 0, 0, 0]) == pytest.approx(w['pw'], rel=1e-6)
   assert float(p['Conv2d_1_pointwise']['BatchNorm']['scale'][0]) == pytest.approx(w['bn'], rel=1e-6)
+
+
+def test_loadgen_settings_are_the_last_official_mobilenet_ones():
+  """LoadGen 6.0's mlperf.conf has no mobilenet lines (its '*' default sample count is 0: the whole split); the
+  last mlperf.conf that listed mobilenet (mlcommons/inference 86164589) set 1,024, capped at a smaller split."""
+  workload = registry.make_workload('mobilenet', registry.get_config('mobilenet', 'full'), 'full')
+  assert workload.inference_closed_bound == pytest.approx(0.98 * 0.71676)
+  for scenario in infer_loadgen.SCENARIOS:
+    settings = infer_loadgen.build_settings('mobilenet', scenario, 'performance', None, infer_loadgen.Overrides(),
+                                            50_000)
+    assert settings.performance_sample_count_override == 1024
+  small = infer_loadgen.build_settings('mobilenet', 'Offline', 'performance', None, infer_loadgen.Overrides(), 512)
+  assert small.performance_sample_count_override == 512
 
 
 # --- the reference-weights converter ---
