@@ -284,18 +284,27 @@ def run(workload, options: infer_run.InferOptions, tests: tuple[str, ...], named
   settings, predictor, library, policy, finish = infer_run.build(workload, options, checkpoint)
   infer_run.prepare_output_dir(options.output_dir, options.overwrite)
 
-  # The performance run's settings serve every run, calibrated as suite.infer calibrates them.
+  # The performance run's settings and batcher serve every run, planned as suite.infer plans them: batch latencies,
+  # the Server batcher sized from the bound, and LoadGen's expectation from a short probe (OUTPUT_DIR/calibration).
   sample = workload.batch_shapes(1, train=False)[workload.inference_input_key]
   make_batch = lambda b: np.zeros((b, *sample.shape[1:]), sample.dtype)  # noqa: E731
   run_batch = lambda images: finish(predictor(images), images.shape[0])  # noqa: E731
+  latencies: dict[int, float] = {}
+  measure = lambda b: latencies.get(b) or latencies.setdefault(  # noqa: E731
+      b, infer_loadgen.measure_latency(run_batch, make_batch, b))
+  if options.scenario == 'Server':
+    from suite.inference import server_search  # pylint: disable=import-outside-toplevel
+    policy, _ = server_search.adapt_policy(policy, settings.server_target_latency_ns / 1e9, measure,
+                                           options.server_batch_size, options.server_batch_timeout_ms)
   keep = infer_loadgen.user_conf_keys(options.user_conf, model, options.scenario)
   measured = infer_loadgen.calibrate(
-      settings, options.scenario, lambda b: infer_loadgen.measure_latency(run_batch, make_batch, b),
-      policy.max_batch, keep, options.overrides)
+      settings, options.scenario, measure, policy.max_batch, keep, options.overrides,
+      probe=lambda rate: infer_run.probe_rate(settings, options.scenario, library, predictor, finish, policy,
+                                              os.path.join(options.output_dir, 'calibration'), rate))
   if options.scenario == 'Offline' and options.overrides.target_qps is None and 'target_qps' not in keep:
     # Every run of the audit shares this plan, and LoadGen issues 1.1 x min_duration x expected_qps samples: a run
-    # more than 10% faster than planned would end short of min_duration (INVALID) where the test allows it (TEST05
-    # bounds only the slow side). A quarter more keeps each run long enough.
+    # more than 10% faster than the probe would end short of min_duration (INVALID) where the test allows it
+    # (TEST05 bounds only the slow side). A quarter more keeps each run long enough.
     settings.offline_expected_qps *= OFFLINE_PLAN_MARGIN
   settings_seen = {'accuracy_log_sampling_target': TEST01_SAMPLING_TARGET[model],
                    'qsl_rng_seed': settings.test05_qsl_rng_seed,
@@ -341,7 +350,8 @@ def run(workload, options: infer_run.InferOptions, tests: tuple[str, ...], named
                    'server_target_qps': settings.server_target_qps,
                    'single_stream_expected_latency_ms': settings.single_stream_expected_latency_ns / 1e6,
                    'performance_sample_count': settings.performance_sample_count_override},
-      'batch_sizes': sorted(predictor.executables), 'compile_s': predictor.compile_s,
+      'batch_sizes': sorted(predictor.executables), 'policy': dataclasses.asdict(policy),
+      'compile_s': predictor.compile_s,
       'checkpoint': os.path.abspath(checkpoint), 'device_kind': jax.devices()[0].device_kind,
       'output_dir': os.path.abspath(options.output_dir), 'wall_s': time.perf_counter() - started,
   }
