@@ -192,12 +192,14 @@ def test_find_peak_on_the_tiny_resnet(resnet_tiny_trained, data_dir, tmp_path):
   assert summary['policy']['timeout_s'] == 0.025 and batching['timeout_from'] == 'bound'
 
 
-def test_find_peak_outside_server_performance_is_one_error_line(tmp_path):
-  result = run_suite('--workload=resnet', '--scale=tiny', f'--output_dir={tmp_path / "out"}', '--scenario=Offline',
-                     '--find_peak', module='suite.infer', timeout=120)
+@pytest.mark.parametrize('args, says', [(['--scenario=Offline'], '--scenario=Server'),
+                                        (['--scenario=Server', '--target_qps=50'], 'drop --target_qps')])
+def test_find_peak_misused_is_one_error_line(tmp_path, args, says):
+  result = run_suite('--workload=resnet', '--scale=tiny', f'--output_dir={tmp_path / "out"}', '--find_peak', *args,
+                     module='suite.infer', timeout=120)
   assert result.returncode == 2, result.stderr[-2000:]
   lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error: --find_peak') and '--scenario=Server' in lines[0], lines
+  assert len(lines) == 1 and lines[0].startswith('error: --find_peak') and says in lines[0], lines
 
 
 def test_overwrite_drops_the_replaced_tests_probes_and_trials(tmp_path):

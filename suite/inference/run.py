@@ -315,6 +315,8 @@ def options_from_flags() -> InferOptions:
     raise UserError(f"pass --scenario: one of {', '.join(infer_loadgen.SCENARIOS)}")
   if FLAGS.find_peak and (FLAGS.scenario != 'Server' or FLAGS.mode != 'performance'):
     raise UserError('--find_peak searches the Server rate: pass --scenario=Server --mode=performance with it')
+  if FLAGS.find_peak and FLAGS.target_qps is not None:
+    raise UserError('--find_peak searches target_qps itself: drop --target_qps (or drop --find_peak to run at it)')
   output_dir = FLAGS.output_dir or os.path.join(
       'runs', f'infer-{FLAGS.workload}-{FLAGS.scale}-{FLAGS.scenario}-{FLAGS.mode}-{time.strftime("%Y%m%d-%H%M%S")}')
   overrides = infer_loadgen.Overrides(
