@@ -275,10 +275,11 @@ def run(workload, options: infer_run.InferOptions, tests: tuple[str, ...], named
   from suite.common import outputs  # pylint: disable=import-outside-toplevel
   from suite.inference import accuracy as infer_accuracy  # pylint: disable=import-outside-toplevel
   from suite.inference import model as infer_model  # pylint: disable=import-outside-toplevel
-  from suite.inference import qsl  # pylint: disable=import-outside-toplevel
+  from suite.inference import qsl, quantize  # pylint: disable=import-outside-toplevel
   started = time.perf_counter()
   model = infer_model.loadgen_model(workload)
   tests = check_tests(model, tests, named)
+  quantize.check_options(options.precision, options.calibration_list, options.scale)
   options = dataclasses.replace(options, mode='performance')
   workload.open_data(options.data_dir)
   checkpoint = infer_run.checkpoint_dir(options)
@@ -298,27 +299,25 @@ def run(workload, options: infer_run.InferOptions, tests: tuple[str, ...], named
     policy, _ = server_search.adapt_policy(policy, settings.server_target_latency_ns / 1e9, measure,
                                            options.server_batch_size, options.server_batch_timeout_ms)
   keep = infer_loadgen.user_conf_keys(options.user_conf, model, options.scenario)
-  measured = infer_loadgen.calibrate(
-      settings, options.scenario, measure, policy.max_batch, keep, options.overrides,
-      probe=lambda rate: infer_run.probe_rate(settings, options.scenario, library, predictor, finish, policy,
-                                              os.path.join(options.output_dir, 'calibration'), rate))
-  if options.scenario == 'Offline' and options.overrides.target_qps is None and 'target_qps' not in keep:
-    # Every run of the audit shares this plan, and LoadGen issues 1.1 x min_duration x expected_qps samples: a run
-    # more than 10% faster than the probe would end short of min_duration (INVALID) where the test allows it
-    # (TEST05 bounds only the slow side). A quarter more keeps each run long enough.
-    settings.offline_expected_qps *= OFFLINE_PLAN_MARGIN
-  settings_seen = {'accuracy_log_sampling_target': TEST01_SAMPLING_TARGET[model],
-                   'qsl_rng_seed': settings.test05_qsl_rng_seed,
-                   'sample_index_rng_seed': settings.test05_sample_index_rng_seed,
-                   'schedule_rng_seed': settings.test05_schedule_rng_seed}
   context = {'options': options, 'settings': settings, 'library': library, 'predictor': predictor,
              'finish': finish, 'policy': policy}
-  runs, configs = {}, {}
-  # LoadGen reads the audit.config at the path StartTest is given (default: ./audit.config). Each test's goes to
-  # a private folder removed afterwards; the reference runs get a path with no file, so no audit.config the user
-  # left in the working directory can change them.
+  # LoadGen reads the audit.config at the path StartTest is given (default: ./audit.config). Each test's goes to a
+  # private folder removed afterwards; the probes and the reference runs get a path with no file, so no
+  # audit.config the user left in the working directory can change them.
   with tempfile.TemporaryDirectory(prefix='suite-audit-') as private:
     path = os.path.join(private, 'audit.config')
+    probes = iter(range(infer_loadgen.PROBES))
+    measured = infer_loadgen.calibrate(
+        settings, options.scenario, measure, policy.max_batch, keep, options.overrides,
+        probe=lambda rate: infer_run.probe_rate(
+            settings, options.scenario, library, predictor, finish, policy,
+            os.path.join(options.output_dir, 'calibration', f'probe_{next(probes)}'), rate, path))
+    if options.scenario == 'Offline' and options.overrides.target_qps is None and 'target_qps' not in keep:
+      # Every run of the audit shares this plan, and LoadGen issues 1.1 x min_duration x expected_qps samples: a
+      # run more than 10% faster than the probe would end short of min_duration (INVALID) where the test allows it
+      # (TEST05 bounds only the slow side). A quarter more keeps each run long enough.
+      settings.offline_expected_qps *= OFFLINE_PLAN_MARGIN
+    runs, configs = {}, {}
     if 'TEST01' in tests:
       runs['accuracy'] = _run_one('accuracy', 'accuracy', context, path)
     runs['performance'] = _run_one('performance', 'performance', context, path)
@@ -332,6 +331,10 @@ def run(workload, options: infer_run.InferOptions, tests: tuple[str, ...], named
       finally:
         settings.test05 = False
         os.remove(path)
+  settings_seen = {'accuracy_log_sampling_target': TEST01_SAMPLING_TARGET[model],
+                   'qsl_rng_seed': settings.test05_qsl_rng_seed,
+                   'sample_index_rng_seed': settings.test05_sample_index_rng_seed,
+                   'schedule_rng_seed': settings.test05_schedule_rng_seed}
   dirs = {name: r['dir'] for name, r in runs.items()}
   verdicts = {test: {**verify(test, options.scenario, dirs, runs, settings_seen), 'audit_config': configs[test]}
               for test in tests}
@@ -351,6 +354,7 @@ def run(workload, options: infer_run.InferOptions, tests: tuple[str, ...], named
                    'server_target_qps': settings.server_target_qps,
                    'single_stream_expected_latency_ms': settings.single_stream_expected_latency_ns / 1e6,
                    'performance_sample_count': settings.performance_sample_count_override},
+      'precision': getattr(predictor, 'precision', None),
       'batch_sizes': sorted(predictor.executables), 'policy': dataclasses.asdict(policy),
       'compile_s': predictor.compile_s,
       'checkpoint': os.path.abspath(checkpoint), 'device_kind': jax.devices()[0].device_kind,

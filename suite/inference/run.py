@@ -169,10 +169,10 @@ def execute(settings, library, predictor, finish, policy, output_dir: str, audit
 
 
 def probe_rate(settings, scenario: str, library, predictor, finish, policy, folder: str,
-               rate: float) -> float | None:
+               rate: float, audit_config: str = 'audit.config') -> float | None:
   """The rate (infer_loadgen.expected_rate's units) a short LoadGen test of the SUT sustains when told to expect
   `rate`: the test's own settings for infer_loadgen.probe_duration_ms and no minimum query count, its logs in
-  `folder`. The samples it loads stay loaded for the test."""
+  `folder`. The samples it loads stay loaded for the test. `audit_config`: as for execute."""
   from suite.inference.qsl import PinnedLibrary  # pylint: disable=import-outside-toplevel
   saved = (settings.min_duration_ms, settings.min_query_count, settings.max_query_count,
            infer_loadgen.expected_rate(settings, scenario))
@@ -180,7 +180,7 @@ def probe_rate(settings, scenario: str, library, predictor, finish, policy, fold
     settings.min_duration_ms = infer_loadgen.probe_duration_ms(settings.min_duration_ms)
     settings.min_query_count, settings.max_query_count = 1, 0
     infer_loadgen.set_expected_rate(settings, scenario, rate)
-    stats = execute(settings, PinnedLibrary(library), predictor, finish, policy, folder)
+    stats = execute(settings, PinnedLibrary(library), predictor, finish, policy, folder, audit_config)
   finally:
     settings.min_duration_ms, settings.min_query_count, settings.max_query_count = saved[:3]
     infer_loadgen.set_expected_rate(settings, scenario, saved[3])
