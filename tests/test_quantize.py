@@ -41,6 +41,7 @@ def test_int8_forward_takes_int8_weights_runs_s8_convs_and_agrees_with_f32(resto
   workload, mesh, params, model_state = restored
   forward, qparams, info = quantize.prepare(workload, 'int8', None, mesh, params, model_state)
   assert info['precision'] == 'int8' and info['calibration_samples'] == quantize.DEFAULT_CALIBRATION_COUNT
+  assert info['calibration_split'] == 'train'
   predictor = infer_model.compile_predictor(forward, mesh, qparams, model_state, (128,))
   executable = predictor.executables[128]
 
@@ -93,28 +94,28 @@ def test_int8_forward_takes_int8_weights_runs_s8_convs_and_agrees_with_f32(resto
 
 def test_calibration_uses_the_listed_samples(restored, tmp_path):
   workload, mesh, params, model_state = restored
-  source = workload._train_source  # pylint: disable=protected-access
+  source = workload._eval_source  # pylint: disable=protected-access
   names = [source[i]['file_name'] for i in (5, 17, 40)]
   names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
   by_name, by_index, other = tmp_path / 'names.txt', tmp_path / 'indices.txt', tmp_path / 'other.txt'
-  by_name.write_text(''.join(f'{n}\n' for n in names))  # MLPerf's format: one image file name a line.
+  by_name.write_text(''.join(f'{n}\n' for n in names))  # MLPerf's format: one eval image file name a line.
   by_index.write_text('5\n17\n40\n')
   other.write_text('1\n2\n3\n')
-  assert quantize.calibration_indices(workload, quantize.read_calibration_list(str(by_name))) == [5, 17, 40]
+  assert quantize.calibration_samples(workload, quantize.read_calibration_list(str(by_name))) == ('eval', [5, 17, 40])
 
   def stem_scale(path):
     _, qparams, info = quantize.prepare(workload, 'int8', str(path), mesh, params, model_state)
-    assert info['calibration_samples'] == 3
+    assert info['calibration_samples'] == 3 and info['calibration_split'] == 'eval'
     return float(np.asarray(qparams['stem_conv']['conv_general_dilated0_lhs_scale'].array).ravel()[0])
 
   # The stem conv's input is the normalised image: its static scale is, by hand, the mean over the listed
   # samples of each one's largest absolute normalised pixel, over 127.5 (qwix's symmetric int8 bound: qmax + 0.5,
   # qwix/_src/core/numerics.py get_symmetric_bound).
-  images = next(quantize.calibration_batches(workload, [5, 17, 40]))
+  images = next(quantize.calibration_batches(workload, 'eval', [5, 17, 40]))
   expected = np.mean(np.abs(np.asarray(normalize_on_device(images))).max(axis=(1, 2, 3))) / 127.5
   assert stem_scale(by_name) == pytest.approx(expected, rel=1e-5)
   assert stem_scale(by_index) == pytest.approx(expected, rel=1e-5)
-  other_images = next(quantize.calibration_batches(workload, [1, 2, 3]))
+  other_images = next(quantize.calibration_batches(workload, 'eval', [1, 2, 3]))
   other_expected = np.mean(np.abs(np.asarray(normalize_on_device(other_images))).max(axis=(1, 2, 3))) / 127.5
   assert other_expected != pytest.approx(expected, rel=1e-3)  # The lists were chosen to differ.
   assert stem_scale(other) == pytest.approx(other_expected, rel=1e-5)

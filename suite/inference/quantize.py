@@ -26,8 +26,9 @@ from suite.workloads.base import Workload
 
 PRECISIONS = ('f32', 'bf16', 'int8')
 COMPUTE_DTYPES = {'f32': jnp.float32, 'bf16': jnp.bfloat16, 'int8': jnp.float32}
-# Default calibration set of a tiny run: the first samples of the train split. MLPerf Inference's ImageNet list
-# (calibration/ImageNet/cal_image_list_option_1.txt in mlcommons/inference) names 500 training images.
+# Default calibration set of a tiny run: the first samples of the train split, as many as MLPerf Inference's
+# ImageNet lists name (calibration/ImageNet/cal_image_list_option_1.txt in mlcommons/inference at 8682a270:
+# 500 validation images, ILSVRC2012_val_*.JPEG; its README: use at most one of the lists).
 DEFAULT_CALIBRATION_COUNT = 500
 # Calibration batch: the samples go through the forward at most this many at a time, in batches of one size (qwix
 # averages the batches' mean statistics, so equal batches weigh every sample equally, and one executable runs them).
@@ -188,12 +189,12 @@ def prepare(workload: Workload, precision: str | None, calibration_list: str | N
   if precision != 'int8':
     return *for_precision(workload, precision, params, model_state), {'precision': precision}
   entries = read_calibration_list(calibration_list) if calibration_list else None
-  indices = calibration_indices(workload, entries)
+  split, indices = calibration_samples(workload, entries)
   qworkload, qparams = for_precision(workload, precision, params, model_state,
-                                     calibration_batches(workload, indices))
+                                     calibration_batches(workload, split, indices))
   # The scales come from host statistics: every array of the tree goes where the executables expect it.
   qparams = jax.device_put(qparams, sharding.replicated(mesh))
-  return qworkload, qparams, {'precision': precision, 'calibration_samples': len(indices),
+  return qworkload, qparams, {'precision': precision, 'calibration_samples': len(indices), 'calibration_split': split,
                               'calibration_list': calibration_list, 'int8_bytes': int8_bytes(qparams)}
 
 
@@ -204,9 +205,9 @@ def int8_bytes(tree) -> int:
 
 # --- calibration samples ---
 def read_calibration_list(path: str) -> list[str] | list[int]:
-  """MLPerf's calibration list format (one image file name a line) or one sample index of the train split a line."""
+  """MLPerf's calibration list format (one eval image file name a line) or one eval sample index a line."""
   if not os.path.isfile(path):
-    raise UserError(f'--calibration_list={path} does not exist: pass a file with one image file name or train '
+    raise UserError(f'--calibration_list={path} does not exist: pass a file with one eval image file name or '
                     'sample index a line (as MLPerf Inference calibration/ImageNet/cal_image_list_option_1.txt)')
   with open(path, encoding='utf-8') as f:
     entries = [line.strip() for line in f if line.strip()]
@@ -230,47 +231,48 @@ class _Subset:
     return self.source[self.indices[int(i)]]
 
 
-def _train_source(workload: Workload):
-  source = getattr(workload, '_train_source', None)
+def _source(workload: Workload, split: str):
+  """The workload's open random-access source of `split` ('train' or 'eval'; the workloads' `_{split}_source`)."""
+  source = getattr(workload, f'_{split}_source', None)
   if source is None:
-    raise UserError(f'{workload.benchmark} has no train split open to calibrate on (a synthetic dataset?): use '
+    raise UserError(f'{workload.benchmark} has no {split} split open to calibrate on (a synthetic dataset?): use '
                     'its real or generated dataset')
   return source
 
 
-def calibration_indices(workload: Workload, entries: list[str] | list[int] | None) -> list[int]:
-  """Train-split indices of the calibration samples: the listed ones (by index or by file name), or by default
-  the first DEFAULT_CALIBRATION_COUNT."""
-  source = _train_source(workload)
+def calibration_samples(workload: Workload, entries: list[str] | list[int] | None) -> tuple[str, list[int]]:
+  """(split, indices) of the calibration samples. A list names eval images (MLPerf's lists name ImageNet
+  validation images), by file name or index; without one, the first DEFAULT_CALIBRATION_COUNT train samples."""
   if entries is None:
-    return list(range(min(DEFAULT_CALIBRATION_COUNT, len(source))))
+    return 'train', list(range(min(DEFAULT_CALIBRATION_COUNT, len(_source(workload, 'train')))))
+  source = _source(workload, 'eval')
   if all(isinstance(e, int) for e in entries):
     bad = [e for e in entries if e >= len(source)]
     if bad:
-      raise UserError(f'calibration sample index {bad[0]} is past the train split ({len(source)} samples)')
-    return list(entries)
+      raise UserError(f'calibration sample index {bad[0]} is past the eval split ({len(source)} samples)')
+    return 'eval', list(entries)
   wanted = {os.path.basename(e): k for k, e in enumerate(entries)}
   found: dict[int, int] = {}
   for index in range(len(source)):
     name = source[index].get('file_name')
     if name is None:
-      raise UserError('the train split holds no file names: list calibration samples by index')
+      raise UserError('the eval split holds no file names: list calibration samples by index')
     name = os.path.basename(name.decode() if isinstance(name, bytes) else str(name))
     if name in wanted:
       found[wanted.pop(name)] = index
       if not wanted:
         break
   if wanted:
-    raise UserError(f'{len(wanted)} calibration images are not in the train split (first: {next(iter(wanted))})')
-  return [found[k] for k in sorted(found)]
+    raise UserError(f'{len(wanted)} calibration images are not in the eval split (first: {next(iter(wanted))})')
+  return 'eval', [found[k] for k in sorted(found)]
 
 
-def calibration_batches(workload: Workload, indices: list[int], max_batch: int = CALIBRATION_BATCH):
+def calibration_batches(workload: Workload, split: str, indices: list[int], max_batch: int = CALIBRATION_BATCH):
   """The calibration samples through the eval preprocessing (what inference sees), as uint8 host batches of one
   size: the largest divisor of the sample count up to `max_batch`."""
   from suite.inference.qsl import eval_samples  # pylint: disable=import-outside-toplevel
   reading = copy.copy(workload)
-  reading._eval_source = _Subset(_train_source(workload), indices)  # pylint: disable=protected-access
+  reading._eval_source = _Subset(_source(workload, split), indices)  # pylint: disable=protected-access
   images = [example[workload.inference_input_key]
             for _, example in eval_samples(reading.eval_batches(process_index=0, process_count=1))]
   batch = max(b for b in range(1, max_batch + 1) if len(images) % b == 0) if images else 1

@@ -56,7 +56,7 @@ def define_flags() -> None:
   flags.DEFINE_enum('precision', None, ['f32', 'bf16', 'int8'], "The forward's precision (default: the config's "
                     'model dtype): f32 or bf16 compute, or int8 weights and activations with static scales '
                     '(suite.inference.quantize).')
-  flags.DEFINE_string('calibration_list', None, '--precision=int8: the train images whose activations set the '
+  flags.DEFINE_string('calibration_list', None, '--precision=int8: the eval images whose activations set the '
                       "int8 scales, one file name (MLPerf's calibration list format) or sample index a line "
                       '(default for --scale=tiny: the first 500 train samples).')
 
