@@ -152,8 +152,11 @@ def test_converter_writes_a_checkpoint_that_infer_restores_as_the_source(tmp_pat
   read = convert_weights.read_onnx_arrays(str(source))
   assert sorted(read) == sorted(arrays)
   out = tmp_path / 'converted'
-  result = convert_weights.convert(workload, read, str(out), source=str(source))
-  assert result['source_arrays'] == len(arrays)
+  result = run_suite('--workload=mobilenet', '--scale=tiny', f'--weights={source}', f'--output_dir={out}',
+                     module='suite.convert_weights', timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = json.loads(result.stdout.strip().splitlines()[-1])
+  assert written['source_arrays'] == len(arrays) and written['values'] == sum(v.size for v in arrays.values()) - 257
 
   # Restored the way suite.infer restores a training run.
   params, model_state = infer_model.restore_weights(workload, sharding.make_mesh(), str(out))
@@ -163,8 +166,9 @@ def test_converter_writes_a_checkpoint_that_infer_restores_as_the_source(tmp_pat
   for got, want in zip(jax.tree.leaves((params, model_state)), jax.tree.leaves((want_params, want_state))):
     np.testing.assert_array_equal(np.asarray(got), want)
   images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-  logits = workload._logits(params, model_state, images)
-  want = workload._logits(jax.tree.map(jnp.asarray, want_params), jax.tree.map(jnp.asarray, want_state), images)
+  forward = jax.jit(workload._logits)  # pylint: disable=protected-access
+  logits = forward(params, model_state, images)
+  want = forward(jax.tree.map(jnp.asarray, want_params), jax.tree.map(jnp.asarray, want_state), images)
   np.testing.assert_array_equal(np.asarray(logits), np.asarray(want))
   assert np.std(np.asarray(logits)) > 0  # a forward through the random weights, not a constant
 

@@ -56,6 +56,7 @@ def convert(workload, arrays: dict[str, np.ndarray], output_dir: str, overwrite:
 
   from suite.common import sharding  # pylint: disable=import-outside-toplevel
   from suite.training import checkpoint, steps  # pylint: disable=import-outside-toplevel
+  from suite.workloads.base import TrainState  # pylint: disable=import-outside-toplevel
   params, model_state = workload.reference_weights(arrays)
   mesh = sharding.make_mesh()
   tx = workload.optimizer(workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size))
@@ -67,11 +68,17 @@ def convert(workload, arrays: dict[str, np.ndarray], output_dir: str, overwrite:
     if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
       raise UserError(f'the converted {what} do not match the model of this config: check --config (e.g. '
                       'num_classes, model width) against the reference model')
-  del rng_shape
-  state = jax.jit(init_fn, out_shardings=state_shardings)(jax.random.PRNGKey(0))
+  del init_fn, rng_shape
+  # The train state a fresh init would make around these weights (the optimizer's state from tx.init, step 0),
+  # without compiling the model's init.
   place = lambda x, spec: jax.device_put(np.asarray(x, spec.dtype), spec.sharding)  # noqa: E731
-  state = state._replace(params=jax.tree.map(place, params, state_specs.params),
-                         model_state=jax.tree.map(place, model_state, state_specs.model_state))
+  params = jax.tree.map(place, params, state_specs.params)
+  model_state = jax.tree.map(place, model_state, state_specs.model_state)
+  state = TrainState(step=place(0, state_specs.step), params=params, model_state=model_state,
+                     opt_state=jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params),
+                     rng=place(jax.random.split(jax.random.PRNGKey(0))[1], state_specs.rng))
+  if jax.tree.structure(state) != jax.tree.structure(state_specs):
+    raise RuntimeError('the converted train state does not have the layout of a training run\'s')
   if checkpoint.has_checkpoints(output_dir):
     if not overwrite:
       raise UserError(f'{output_dir} already holds checkpoints: choose a new --output_dir or pass --overwrite')
