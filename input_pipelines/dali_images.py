@@ -22,7 +22,11 @@ crops that PIL decodes at 1/2 to 1/8 scale differ more (see tests/test_dali.py f
 import functools
 import io
 import itertools
+import json
 import math
+import os
+import statistics
+import time
 from collections.abc import Iterator
 
 import grain
@@ -177,3 +181,47 @@ def eval_batches(source, *, global_batch_size: int, image_size: int, process_ind
     if not batch['mask'].all():
       batch['image'] = np.where(batch['mask'][:, None, None, None] > 0, batch['image'], np.uint8(0))
     yield batch
+
+
+# --- `python -m input_pipelines.dali_images`: images/s of both backends on ImageNet-sized JPEGs ---
+
+
+def _photo_jpeg(height: int, width: int, seed: int) -> bytes:
+  """A JPEG (quality 90) of smooth colour waves plus sensor-like noise, ImageNet-sized: about 100 kB at 500x375."""
+  y, x = np.mgrid[0:height, 0:width]
+  waves = np.stack([128 + 100 * np.sin(x / 17 + seed), 128 + 100 * np.cos(y / 23 + seed),
+                    128 + 80 * np.sin((x + y) / 31)], -1)
+  noisy = waves + np.random.default_rng(seed).normal(0, 12, waves.shape)
+  buffer = io.BytesIO()
+  Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, format='JPEG', quality=90)
+  return buffer.getvalue()
+
+
+def bench(num_images: int = 256, batch_size: int = 64, image_size: int = 224, steps: int = 8, repeats: int = 3,
+          num_threads: int = 4) -> dict:
+  """Training images/s of the grain and DALI paths over the same generated JPEGs (ImageNet's common sizes),
+  interleaved repetitions, medians; DALI on this machine's device ('cpu' without a GPU)."""
+  sizes = [(375, 500), (500, 375), (333, 500), (500, 333), (480, 640), (500, 500)]
+  source = [{'image': _photo_jpeg(*sizes[i % len(sizes)], i), 'label': i % 10} for i in range(num_images)]
+  makers = {'grain': grain_images.train_batches, 'dali': train_batches}
+  streams = {name: make(source, global_batch_size=batch_size, image_size=image_size, seed=0,
+                        num_threads=num_threads) for name, make in makers.items()}
+  for stream in streams.values():
+    next(stream)  # Starts the threads (and builds DALI's pipeline).
+  rates = {name: [] for name in streams}
+  for _ in range(repeats):
+    for name, stream in streams.items():
+      start = time.perf_counter()
+      for _ in range(steps):
+        next(stream)
+      rates[name].append(batch_size * steps / (time.perf_counter() - start))
+  cores = len(os.sched_getaffinity(0))
+  return {'benchmark': 'dali_vs_grain', 'dali_device': dali_device(), 'image_size': image_size,
+          'mean_jpeg_bytes': round(sum(len(r['image']) for r in source) / num_images), 'batch_size': batch_size,
+          'host_cores': cores, 'num_threads': num_threads,
+          **{f'{name}_images_per_s': statistics.median(r) for name, r in rates.items()},
+          **{f'{name}_images_per_s_per_core': statistics.median(r) / cores for name, r in rates.items()}}
+
+
+if __name__ == '__main__':
+  print(json.dumps(bench(), indent=2))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from input_pipelines import dali_images  # Imports DALI only when it makes batches.
 from input_pipelines import image_classification as grain_images
 from suite.common import registry
 from tests.conftest import run_suite
@@ -27,19 +28,11 @@ def _jpeg(pixels_HxWxC: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def _photo(height: int, width: int, seed: int) -> np.ndarray:
-  """Smooth colour waves plus sensor-like noise: detail at every scale, so a crop or scale error shows."""
-  y, x = np.mgrid[0:height, 0:width]
-  waves = np.stack([128 + 100 * np.sin(x / 17 + seed), 128 + 100 * np.cos(y / 23 + seed),
-                    128 + 80 * np.sin((x + y) / 31)], -1)
-  noisy = waves + np.random.default_rng(seed).normal(0, 12, waves.shape)
-  return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope='module')
 def jpegs():
   """A source (len, [i]) of ImageNet-sized JPEG records, label = index."""
-  return [{'image': _jpeg(_photo(h, w, i)), 'label': i} for i, (h, w) in enumerate(SIZES)]
+  # Smooth colour waves plus sensor-like noise: detail at every scale, so a crop or scale error shows.
+  return [{'image': dali_images._photo_jpeg(h, w, i), 'label': i} for i, (h, w) in enumerate(SIZES)]
 
 
 def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,10 +67,12 @@ def test_dali_missing_or_unknown_backend_is_one_error_line(backend, expected, tm
 # --- With DALI ---
 
 
-def test_eval_batches_match_the_grain_path(jpegs):
+def _needs_dali():
   pytest.importorskip('nvidia.dali', reason='NVIDIA DALI is not installed (pip extra `dali`)')
-  from input_pipelines import dali_images
 
+
+def test_eval_batches_match_the_grain_path(jpegs):
+  _needs_dali()
   kwargs = dict(global_batch_size=4, image_size=IMAGE_SIZE, num_threads=2)
   dali = list(dali_images.eval_batches(jpegs, **kwargs))
   grain = list(grain_images.eval_batches(jpegs, **kwargs))
@@ -103,9 +98,7 @@ def test_eval_batches_match_the_grain_path(jpegs):
 
 
 def test_train_batches_hold_the_grain_paths_examples_crops_and_flips(jpegs):
-  pytest.importorskip('nvidia.dali', reason='NVIDIA DALI is not installed (pip extra `dali`)')
-  from input_pipelines import dali_images
-
+  _needs_dali()
   kwargs = dict(global_batch_size=4, image_size=IMAGE_SIZE, seed=3, num_threads=2)
   dali, grain = dali_images.train_batches(jpegs, **kwargs), grain_images.train_batches(jpegs, **kwargs)
   diffs = []
@@ -134,9 +127,7 @@ def test_train_batches_hold_the_grain_paths_examples_crops_and_flips(jpegs):
 
 
 def test_train_crops_and_flips_have_the_inception_statistics():
-  pytest.importorskip('nvidia.dali', reason='NVIDIA DALI is not installed (pip extra `dali`)')
-  from input_pipelines import dali_images
-
+  _needs_dali()
   # A 500x375 left-to-right ramp 0..255: an output's right-minus-left brightness is +-255 x (crop width / 500),
   # its sign the flip.
   height, width = 375, 500
@@ -156,7 +147,7 @@ def test_train_crops_and_flips_have_the_inception_statistics():
 
 
 def test_resnet_workload_selects_dali_by_config(data_dir):
-  pytest.importorskip('nvidia.dali', reason='NVIDIA DALI is not installed (pip extra `dali`)')
+  _needs_dali()
   batches = {}
   for backend in ('grain', 'dali'):
     config = registry.get_config('resnet', 'tiny')
