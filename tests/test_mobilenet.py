@@ -201,6 +201,9 @@ def test_converter_bad_input_is_one_error_line(tmp_path):
   assert "'MobilenetV1/Conv2d_0/weights/read:0' has shape (16, 3, 3, 3)" in result.stderr
   assert not (tmp_path / 'o').exists()
 
+  resnet = registry.make_workload('resnet', registry.get_config('resnet', 'tiny'), 'tiny')
+  with pytest.raises(UserError, match=r'^resnet has no reference-weights converter$'):
+    resnet.reference_weights({})
   with pytest.raises(UserError, match="no 'MobilenetV1/Conv2d_0/weights'"):
     mobilenet_workload.find_array({'resnet/conv1/weights:0': np.zeros(1)}, 'MobilenetV1/Conv2d_0/weights')
 
