@@ -89,6 +89,66 @@ def ssd300_default_boxes() -> np.ndarray:
   return corners_Ax4
 
 
+def tf_ssd_anchors(feature_sizes: Sequence[int], min_scale: float = 0.2, max_scale: float = 0.95,
+                   aspect_ratios: Sequence[float] = (1.0, 2.0, 0.5, 3.0, 1.0 / 3),
+                   interpolated_scale_aspect_ratio: float = 1.0) -> np.ndarray:
+  """The TF Object Detection API's SSD anchors (`create_ssd_anchors` with reduce_boxes_in_lowest_layer, a square
+  image and base anchor size 1), float32 [A, 4] normalised (ymin, xmin, ymax, xmax), as SSD-MobileNet-v1 uses them
+  (the reference's port: mlcommons/inference vision/classification_and_detection/python/models/anchor_generator.py
+  at 0cde9777).
+
+  Layer l of L has scale s_l = min_scale + (max_scale - min_scale) * l / (L - 1) (and s_L = 1); its boxes are
+  (0.1, ratio 1), (s_0, 2), (s_0, 0.5) on layer 0, and (s_l, r) for each aspect ratio r plus (sqrt(s_l * s_l+1), 1)
+  elsewhere; a box of scale s and ratio r is s / sqrt(r) high and s * sqrt(r) wide. Centres sit at
+  ((i + 0.5) / n, (j + 0.5) / n) on an n x n grid. Order: layer, row, column, box (TF's tiling order). Not clipped.
+  """
+  num_layers = len(feature_sizes)
+  scales = [min_scale + (max_scale - min_scale) * i / (num_layers - 1) for i in range(num_layers)] + [1.0]
+  levels = []
+  for layer, n in enumerate(feature_sizes):
+    scale, scale_next = scales[layer], scales[layer + 1]
+    if layer == 0:
+      specs = [(0.1, 1.0), (scale, 2.0), (scale, 0.5)]
+    else:
+      specs = [(scale, r) for r in aspect_ratios] + [(math.sqrt(scale * scale_next), interpolated_scale_aspect_ratio)]
+    heights_S = np.array([s / math.sqrt(r) for s, r in specs])
+    widths_S = np.array([s * math.sqrt(r) for s, r in specs])
+    centres_G = (np.arange(n) + 0.5) / n
+    cy = np.broadcast_to(centres_G[:, None, None], (n, n, len(specs)))
+    cx = np.broadcast_to(centres_G[None, :, None], (n, n, len(specs)))
+    levels.append(np.stack([cy - 0.5 * heights_S, cx - 0.5 * widths_S, cy + 0.5 * heights_S, cx + 0.5 * widths_S],
+                           axis=-1).reshape(-1, 4))
+  return np.concatenate(levels).astype(np.float32)
+
+
+def ssd_r34_default_boxes(fig_size: int, feature_sizes: Sequence[int],
+                          num_defaults: Sequence[int] = (4, 6, 6, 6, 4, 4)) -> np.ndarray:
+  """SSD-ResNet34's default boxes (`dboxes_R34_coco` of mlcommons/inference
+  vision/classification_and_detection/python/models/ssd_r34.py at 0cde9777), float32 [A, 4] normalised
+  (ymin, xmin, ymax, xmax); 15,130 at fig_size 1200 with maps 50, 25, 13, 7, 3, 3.
+
+  Integer arithmetic as the reference: steps int(fig / n), fk = fig // step, scales int(s * fig / 300) for s in
+  21, 45, 99, 153, 207, 261, 315; per location the square sk, the square sqrt(sk * sk_next), then (w, h) = (sk *
+  sqrt(a), sk / sqrt(a)) and its transpose per aspect ratio (2 on maps with 4 boxes, 2 and 3 on maps with 6);
+  (cx, cy, w, h) clamped to [0, 1] before the conversion to corners. Order: map, row, column, box -- the order
+  `models/ssd300.py` flattens its heads in (the reference puts the box before row and column).
+  """
+  scales = [int(s * fig_size / 300) for s in (21, 45, 99, 153, 207, 261, 315)]
+  boxes = []
+  for level, n in enumerate(feature_sizes):
+    fk = fig_size // int(fig_size / n)
+    sk1, sk2 = scales[level] / fig_size, scales[level + 1] / fig_size
+    sizes_wh = [(sk1, sk1), (math.sqrt(sk1 * sk2),) * 2]
+    for alpha in ((2,) if num_defaults[level] == 4 else (2, 3)):
+      w, h = sk1 * math.sqrt(alpha), sk1 / math.sqrt(alpha)
+      sizes_wh += [(w, h), (h, w)]
+    for i, j in itertools.product(range(n), repeat=2):
+      for w, h in sizes_wh:
+        boxes.append(((j + 0.5) / fk, (i + 0.5) / fk, w, h))
+  cx, cy, w, h = np.clip(np.array(boxes, np.float64), 0.0, 1.0).T
+  return np.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1).astype(np.float32)
+
+
 # --- IoU and matching ---
 
 
@@ -226,8 +286,11 @@ def postprocess_detections(class_logits_AxC: jax.Array, box_deltas_Ax4: jax.Arra
   elif activation == 'softmax':
     scores_AxC = jax.nn.softmax(class_logits_AxC, axis=-1)[:, 1:]
     first_class = 1
+  elif activation == 'sigmoid_background':  # SSD-MobileNet (TF): sigmoid scores, column 0 the background.
+    scores_AxC = jax.nn.sigmoid(class_logits_AxC)[:, 1:]
+    first_class = 1
   else:
-    raise ValueError(f"activation must be 'sigmoid' or 'softmax', not {activation!r}")
+    raise ValueError(f"activation must be 'sigmoid', 'softmax' or 'sigmoid_background', not {activation!r}")
   num_classes = num_columns - first_class
   flat_scores = scores_AxC.reshape(-1)
   above = flat_scores > score_threshold

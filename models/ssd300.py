@@ -14,6 +14,8 @@ from models.retinanet import torch_conv
 
 # The reference's heads: default boxes per location on the 38, 19, 10, 5, 3, 1 maps.
 NUM_DEFAULTS = (4, 6, 6, 6, 4, 4)
+# (bottleneck, output) channels at width 64 of the five extra blocks (conv7..conv11).
+EXTRA_CHANNELS = ((256, 512), (256, 512), (128, 256), (128, 256), (128, 256))
 
 
 class ResNetBackbone(nn.Module):
@@ -60,26 +62,36 @@ class SSD300(nn.Module):
   `width` scales every channel count (64 = the real model: backbone 256, extra maps 512, 512, 256, 256, 256). The
   extra blocks and heads follow the reference: conv + ReLU without BN, Xavier-uniform weights (zero biases here,
   where torch keeps its default uniform bias init).
+
+  The strides make the same network MLPerf Inference's SSD-ResNet34 at 1200x1200 (mlcommons/inference
+  vision/classification_and_detection/python/models/ssd_r34.py at 0cde9777, `strides=[3, 3, 2, 2, 2, 2]`): heads
+  of stride 3 (`head_stride`), and the fourth extra block's unpadded 3x3 at stride 2 (`extra_strides`), so the
+  six maps are 50, 25, 13, 7, 3, 3 (15,130 boxes). `extra_padded` pads an extra block's 3x3 (a small image needs
+  it where the reference's unpadded convs would shrink a map below 1); `stage_sizes` shortens the backbone.
   """
   num_classes: int
   width: int = 64
   dtype: Any = jnp.float32
+  stage_sizes: Sequence[int] = (3, 4, 6)
+  head_stride: int = 1
+  extra_strides: Sequence[int] = (2, 2, 2, 1, 1)
+  extra_padded: Sequence[bool] = (True, True, True, False, False)
 
   @nn.compact
   def __call__(self, images_NHWC: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
     scale = self.width / 64
     conv = functools.partial(torch_conv, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform())
-    x = ResNetBackbone(width=self.width, dtype=self.dtype, name='backbone')(images_NHWC, train)
+    x = ResNetBackbone(stage_sizes=tuple(self.stage_sizes), width=self.width, dtype=self.dtype,
+                       name='backbone')(images_NHWC, train)
     feature_maps = [x]
-    # (bottleneck channels, output channels, stride) of conv7..conv11: 38 -> 19 -> 10 -> 5 (padded stride 2),
+    # (bottleneck channels, output channels) of conv7..conv11; SSD300: 38 -> 19 -> 10 -> 5 (padded stride 2),
     # then 5 -> 3 -> 1 (unpadded 3x3, stride 1).
-    for i, (mid, out, stride) in enumerate(((256, 512, 2), (256, 512, 2), (128, 256, 2), (128, 256, 1),
-                                            (128, 256, 1))):
+    for i, ((mid, out), stride, padded) in enumerate(zip(EXTRA_CHANNELS, self.extra_strides, self.extra_padded)):
       x = nn.relu(conv(int(mid * scale), (1, 1), name=f'extra_{i}_reduce')(x))
-      if stride == 2:
-        x = nn.relu(conv(int(out * scale), (3, 3), 2, name=f'extra_{i}_conv')(x))
+      if padded:
+        x = nn.relu(conv(int(out * scale), (3, 3), stride, name=f'extra_{i}_conv')(x))
       else:
-        x = nn.relu(nn.Conv(int(out * scale), (3, 3), padding='VALID', dtype=self.dtype,
+        x = nn.relu(nn.Conv(int(out * scale), (3, 3), stride, padding='VALID', dtype=self.dtype,
                             kernel_init=layers.named(nn.initializers.xavier_uniform(), layers.CONV_KERNEL),
                             name=f'extra_{i}_conv')(x))
       feature_maps.append(x)
@@ -87,13 +99,32 @@ class SSD300(nn.Module):
     logits, deltas = [], []
     for level, (f_NHWC, num_defaults) in enumerate(zip(feature_maps, NUM_DEFAULTS)):
       # Separate heads per level (the maps differ in channels and scale); (B, H, W, D*K) -> (B, H*W*D, K).
-      logits.append(conv(num_defaults * self.num_classes, (3, 3), name=f'class_head_{level}')(f_NHWC)
+      logits.append(conv(num_defaults * self.num_classes, (3, 3), self.head_stride, name=f'class_head_{level}')(f_NHWC)
                     .reshape(batch, -1, self.num_classes))
-      deltas.append(conv(num_defaults * 4, (3, 3), name=f'box_head_{level}')(f_NHWC).reshape(batch, -1, 4))
+      deltas.append(conv(num_defaults * 4, (3, 3), self.head_stride, name=f'box_head_{level}')(f_NHWC)
+                    .reshape(batch, -1, 4))
     return (jnp.concatenate(logits, axis=1).astype(jnp.float32),
             jnp.concatenate(deltas, axis=1).astype(jnp.float32))
 
 
 def ssd300_from_config(model_cfg, num_classes: int) -> SSD300:
-  """Builds the SSD300 a workload's `config.model` (ml_collections ConfigDict: `width`, `dtype`) asks for."""
-  return SSD300(num_classes=num_classes, width=model_cfg.width, dtype=jnp.dtype(model_cfg.dtype))
+  """Builds the SSD300 a workload's `config.model` (ml_collections ConfigDict: `width`, `dtype`, and optionally
+  `stage_sizes`, `head_stride`, `extra_strides`, `extra_padded`) asks for."""
+  optional = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in model_cfg.items()
+              if k in ('stage_sizes', 'head_stride', 'extra_strides', 'extra_padded')}
+  return SSD300(num_classes=num_classes, width=model_cfg.width, dtype=jnp.dtype(model_cfg.dtype), **optional)
+
+
+def feature_sizes(image_size: int, head_stride: int = 1, extra_strides: Sequence[int] = (2, 2, 2, 1, 1),
+                  extra_padded: Sequence[bool] = (True, True, True, False, False)) -> tuple[int, ...]:
+  """The heads' output grid side on each of the six maps for a square image, by torch's conv arithmetic
+  (floor((n + 2 * pad - k) / stride) + 1): the backbone's stride 8 (7x7/2 conv, 3x3/2 max-pool, layer2's stride 2),
+  the extra blocks, then the heads' 3x3 padded conv. SSD300: 38, 19, 10, 5, 3, 1; SSD-ResNet34 at 1200 with head
+  stride 3 and extra strides (2, 2, 2, 2, 1): 50, 25, 13, 7, 3, 3."""
+  out = lambda n, k, s, p: (n + 2 * p - k) // s + 1  # noqa: E731
+  n = out(out(out(image_size, 7, 2, 3), 3, 2, 1), 3, 2, 1)
+  maps = [n]
+  for stride, padded in zip(extra_strides, extra_padded):
+    n = out(n, 3, stride, 1 if padded else 0)
+    maps.append(n)
+  return tuple(out(m, 3, head_stride, 1) for m in maps)

@@ -57,6 +57,15 @@ RETIRED_MODEL_SETTINGS = {
     # its performance sample count, 1024; its other entries were the '*' defaults.
     **{('mobilenet', scenario): {'performance_sample_count_override': ('performance_sample_count_override', 1024)}
        for scenario in SCENARIOS},
+    # ssd-resnet34: the last mlperf.conf that listed it (mlcommons/inference 0a4a8c0f, mlperf.conf, Feb 2022) set its
+    # performance sample count (64), its MultiStream expected latency (528 ms) and its Server bound (100 ms).
+    # ssd-mobilenet's one entry there (performance sample count 256) is still in LoadGen 6.0's mlperf.conf.
+    **{('ssd-resnet34', scenario): {'performance_sample_count_override': ('performance_sample_count_override', 64)}
+       for scenario in SCENARIOS},
+    ('ssd-resnet34', 'MultiStream'): {'performance_sample_count_override': ('performance_sample_count_override', 64),
+                                      'target_latency': ('multi_stream_expected_latency_ns', 528 * 1_000_000)},
+    ('ssd-resnet34', 'Server'): {'performance_sample_count_override': ('performance_sample_count_override', 64),
+                                 'target_latency': ('server_target_latency_ns', 100 * 1_000_000)},
 }
 
 

@@ -206,7 +206,7 @@ class DetectionWorkload(workload_lib.Workload):
   def loss(self, params, model_state, batch, rng):
     del rng
     (logits_BxAxC, deltas_BxAx4), new_model_state = self.model.apply(
-        {'params': params, **model_state}, normalize_on_device(batch['image']), train=True, mutable=['batch_stats'])
+        {'params': params, **model_state}, self.normalize(batch['image']), train=True, mutable=['batch_stats'])
     anchors_Ax4 = jnp.asarray(self.anchors)
     cls_loss, box_loss = jax.vmap(lambda *a: self.per_image_loss(anchors_Ax4, *a))(
         logits_BxAxC, deltas_BxAx4, batch['boxes'], batch['classes'], batch['box_mask'])
@@ -216,16 +216,24 @@ class DetectionWorkload(workload_lib.Workload):
   def detect(self, params, model_state, images_BxHxWx3) -> dict:
     """Post-processed detections of a batch: boxes, scores, classes (dataset labels) and a validity mask."""
     logits_BxAxC, deltas_BxAx4 = self.model.apply({'params': params, **model_state},
-                                                  normalize_on_device(images_BxHxWx3), train=False)
+                                                  self.normalize(images_BxHxWx3), train=False)
     p = self.config.postprocess
     detect_one = lambda logits, deltas: box_ops.postprocess_detections(  # noqa: E731
         logits, deltas, jnp.asarray(self.anchors), score_threshold=p.score_threshold, pre_nms_top_k=p.pre_nms_top_k,
         iou_threshold=p.iou_threshold, max_detections=p.max_detections, weights=tuple(self.config.box_weights),
         activation=self.activation)
     detections = jax.vmap(detect_one)(logits_BxAxC, deltas_BxAx4)
-    if self.activation == 'softmax':  # Class 0 is background; dataset labels start at 1 in the model's output.
-      detections['classes'] = detections['classes'] - 1
+    if self.activation != 'sigmoid':  # Column 0 is background; the dataset's labels are other columns.
+      detections['classes'] = self.column_labels(detections['classes'])
     return detections
+
+  def normalize(self, images_BxHxWx3):
+    """uint8 pixels -> the model's float input, first thing on the device (ImageNet mean and std by default)."""
+    return normalize_on_device(images_BxHxWx3)
+
+  def column_labels(self, columns):
+    """Dataset labels of class-logit columns, for a model whose column 0 is the background: column - 1."""
+    return columns - 1
 
   def eval_outputs(self, params, model_state, batch):
     detections = self.detect(params, model_state, batch['image'])
