@@ -172,7 +172,8 @@ def check_options(precision: str | None, calibration_list: str | None, scale: st
   """Bad precision flags fail before any work: an unknown precision, a missing list, a full run with no list."""
   check_precision(precision)
   if calibration_list and precision != 'int8':
-    raise UserError(f'--calibration_list is for --precision=int8 (not {precision}): drop it or pass --precision=int8')
+    raise UserError(f"--calibration_list is for --precision=int8 (not {precision or 'the default'}): drop it or "
+                    'pass --precision=int8')
   if precision == 'int8':
     if calibration_list:
       read_calibration_list(calibration_list)
