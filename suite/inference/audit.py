@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 from absl import flags
 
@@ -33,8 +34,9 @@ FLAGS = flags.FLAGS
 TESTS = ('TEST01', 'TEST04', 'TEST05')
 CRITERIA = {
     'TEST01': 'every response logged in performance mode equals the accuracy run\'s for its sample (at least one '
-              'compared), and the performance is within 10% of the performance run (20% for a SingleStream latency '
-              '<= 0.2 ms or a MultiStream latency <= 1.6 ms)',
+              'compared) or, where some differ, the accuracy over the logged samples is within 1% of the accuracy '
+              'run\'s on them (0.1% for 99.9% targets), and the performance is within 10% of the performance run '
+              '(20% for a SingleStream latency <= 0.2 ms or a MultiStream latency <= 1.6 ms)',
     'TEST04': 'issuing one sample over and over is not more than 10% faster than the performance run (20% for '
               'SingleStream and MultiStream, as the official script applies it)',
     'TEST05': 'with the alternate seeds the run is VALID and within 5% of the performance run: not slower Offline '
@@ -124,19 +126,22 @@ def compare_accuracy_logs(reference: list[tuple[int, str]], test: list[tuple[int
 
 
 def subset_accuracy(workload, eval_samples: list[dict], reference: dict[int, bytes], logged: dict[int, bytes]) -> dict:
-  """TEST01's fallback when answers differ (its README, Part III): the metric over the samples the test logged, of
-  the accuracy run's answers (the baseline) and of the test's. The objection stands unless they differ by less than
-  the closed bound's margin (1% for a 99% bound). Reported beside the verdict, which it does not change."""
+  """TEST01's non-deterministic mode (its README, Part III): the metric over the samples the test logged, of the
+  accuracy run's answers (the baseline) and of the test's. The submission checker (tools/submission/
+  submission_checker/checks/compliance_check.py and configuration.py get_delta_perc at mlcommons/inference
+  b66003e1) accepts differing answers when both are nonzero and |1 - baseline / test| is at most 1% (0.1% for a
+  99.9% accuracy target)."""
   indices = sorted(i for i in logged if i in reference)
   if not indices:
     return {}
   subset = [eval_samples[i] for i in indices]
   baseline = workload.score_responses({k: reference[i] for k, i in enumerate(indices)}, subset)
   test = workload.score_responses({k: logged[i] for k, i in enumerate(indices)}, subset)
-  bound, ref = workload.inference_closed_bound, workload.inference_reference_accuracy
-  margin = None if bound is None or not ref else 1 - bound / ref
-  return {'baseline_accuracy': baseline, 'test_accuracy': test, 'accuracy_delta': test - baseline,
-          'accuracy_margin': margin, 'samples_scored': len(indices)}
+  required = 0.1 if workload.inference_closed_fraction >= 0.999 else 1.0
+  delta = abs(1 - baseline / test) * 100 if baseline and test else None
+  return {'baseline_accuracy': baseline, 'test_accuracy': test, 'relative_delta_percent': delta,
+          'required_delta_percent': required, 'samples_scored': len(indices),
+          'passed_non_deterministic': delta is not None and delta <= required}
 
 
 def performance_figures(directory: str, scenario: str) -> dict:
@@ -210,20 +215,29 @@ def audit_applied(test: str, directory: str, settings_seen: dict) -> list[str]:
   return reasons
 
 
-def verify(test: str, scenario: str, dirs: dict, runs: dict, settings_seen: dict) -> dict:
-  """One test's verdict: PASS or FAIL, the figures compared, the criterion, and why it failed."""
+def verify(test: str, scenario: str, dirs: dict, runs: dict, settings_seen: dict,
+           score_subset: Callable[[dict, dict], dict] | None = None) -> dict:
+  """One test's verdict: PASS or FAIL, the figures compared, the criterion, and why it failed. `score_subset`:
+  TEST01's non-deterministic mode (subset_accuracy over the two runs' answers), tried when answers differ."""
   reasons = audit_applied(test, dirs[test], settings_seen)
   if not runs[test]['valid']:
     reasons.append(f"the {test} run is INVALID ({runs[test]['reason']})")
   verdict = {'criterion': CRITERIA[test]}
   if test == 'TEST01':
-    accuracy = compare_accuracy_logs(
-        read_accuracy_entries(os.path.join(dirs['accuracy'], infer_loadgen.ACCURACY_LOG)),
-        read_accuracy_entries(os.path.join(dirs[test], infer_loadgen.ACCURACY_LOG)))
+    reference_log = os.path.join(dirs['accuracy'], infer_loadgen.ACCURACY_LOG)
+    test_log = os.path.join(dirs[test], infer_loadgen.ACCURACY_LOG)
+    accuracy = compare_accuracy_logs(read_accuracy_entries(reference_log), read_accuracy_entries(test_log))
+    accuracy['mode'] = 'deterministic'
+    if not accuracy['passed'] and accuracy['differing'] and score_subset:
+      accuracy.update(score_subset(reference_log, test_log), mode='non-deterministic')
+      accuracy['passed'] = accuracy.get('passed_non_deterministic', False)
     verdict['accuracy'] = accuracy
     if not accuracy['passed']:
       reasons.append(f"{accuracy['differing']} of {accuracy['logged_entries']} logged responses differ from the "
                      f"accuracy run's" if accuracy['matched'] or accuracy['differing'] else 'no response was logged')
+      if accuracy.get('relative_delta_percent') is not None:
+        reasons.append(f"the accuracy over them differs by {accuracy['relative_delta_percent']:.3g}%, more than "
+                       f"{accuracy['required_delta_percent']:g}%")
   performance = compare_performance(test, scenario, performance_figures(dirs['performance'], scenario),
                                     performance_figures(dirs[test], scenario))
   verdict['performance'] = performance
@@ -241,7 +255,7 @@ def verdict_line(test: str, v: dict) -> str:
     a = v['accuracy']
     figures = f"{a['matched']}/{a['logged_entries']} logged responses match the accuracy run; {figures}"
     if a['differing'] and 'test_accuracy' in a:
-      figures += (f"; over those samples accuracy {a['test_accuracy']:.4f} vs the accuracy run's "
+      figures += (f"; {a['mode']}: over those samples accuracy {a['test_accuracy']:.4f} vs the accuracy run's "
                   f"{a['baseline_accuracy']:.4f}")
   why = f" ({'; '.join(v['reasons'])})" if v['reasons'] else ''
   return f"{test} {v['verdict']}: {figures}{why}"
@@ -336,15 +350,15 @@ def run(workload, options: infer_run.InferOptions, tests: tuple[str, ...], named
                    'sample_index_rng_seed': settings.test05_sample_index_rng_seed,
                    'schedule_rng_seed': settings.test05_schedule_rng_seed}
   dirs = {name: r['dir'] for name, r in runs.items()}
-  verdicts = {test: {**verify(test, options.scenario, dirs, runs, settings_seen), 'audit_config': configs[test]}
-              for test in tests}
-  accuracy = None
+  accuracy = eval_samples = None
   if 'accuracy' in runs:
-    eval_samples = qsl.eval_metadata(workload)  # One pass over the eval split for both scores.
-    log = infer_accuracy.read_accuracy_log(os.path.join(dirs['accuracy'], infer_loadgen.ACCURACY_LOG))
-    accuracy = infer_accuracy.score(workload, log, eval_samples)
-    logged = infer_accuracy.read_accuracy_log(os.path.join(dirs['TEST01'], infer_loadgen.ACCURACY_LOG))
-    verdicts['TEST01']['accuracy'].update(subset_accuracy(workload, eval_samples, log, logged))
+    eval_samples = qsl.eval_metadata(workload)  # One pass over the eval split for every score.
+    accuracy = infer_accuracy.score(workload, infer_accuracy.read_accuracy_log(
+        os.path.join(dirs['accuracy'], infer_loadgen.ACCURACY_LOG)), eval_samples)
+  score_subset = lambda reference, logged: subset_accuracy(  # noqa: E731
+      workload, eval_samples, infer_accuracy.read_accuracy_log(reference), infer_accuracy.read_accuracy_log(logged))
+  verdicts = {test: {**verify(test, options.scenario, dirs, runs, settings_seen, score_subset),
+                     'audit_config': configs[test]} for test in tests}
   summary = {
       'workload': options.workload, 'model': model, 'scale': options.scale, 'scenario': options.scenario,
       'tests': list(tests), 'passed': all(v['passed'] for v in verdicts.values()),
