@@ -70,6 +70,12 @@ def dali_device() -> str:
   return 'mixed' if jax.default_backend() == 'gpu' else 'cpu'
 
 
+def _gpu_ordinal() -> int:
+  """The CUDA ordinal of this process's first JAX device: where DALI decodes (each process of a multi-GPU host
+  its own GPU)."""
+  return int(getattr(jax.local_devices()[0], 'local_hardware_id', None) or 0)
+
+
 # --- What the host decides per example (grain threads): the record, its crop box, its flip ---
 
 
@@ -127,7 +133,7 @@ def _batches(plans: Iterator[dict], *, batch_size: int, image_size: int, channel
     return _feed_columns(batch)[:5 + len(outputs)]  # The pixels' 6 columns, then label (and mask).
 
   @pipeline_def(batch_size=batch_size, num_threads=max(1, num_threads),
-                device_id=0 if device == 'mixed' else None, seed=0)
+                device_id=_gpu_ordinal() if device == 'mixed' else None, seed=0)
   def images():
     encoded, start, end, roi_start, roi_end, flip, *labels_and_mask = fn.external_source(
         source=feed, num_outputs=5 + len(outputs), batch=True, device='cpu')
