@@ -68,7 +68,7 @@ def test_dali_missing_or_unknown_backend_is_one_error_line(backend, expected, tm
 
 
 def _needs_dali():
-  pytest.importorskip('nvidia.dali', reason='NVIDIA DALI is not installed (pip extra `dali`)')
+  pytest.importorskip('nvidia.dali', reason='NVIDIA DALI is not installed (pip extra `dali`)', exc_type=ImportError)
 
 
 def test_eval_batches_match_the_grain_path(jpegs):
