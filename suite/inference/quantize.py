@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
 from suite.common.errors import UserError
 from suite.workloads.base import Workload
@@ -151,7 +152,8 @@ def quantize(workload: Workload, params, model_state, stats: dict) -> tuple[Work
 
   abstract = jax.eval_shape(init, image)
   # One executable rather than an op-by-op dispatch of every kernel's quantisation.
-  qparams = jax.jit(lambda params: qwix.quantize_params(params, abstract, stats))(params)
+  # A tree fresh from `init` holds flax's partitioning boxes; a restored one plain arrays: qwix takes the latter.
+  qparams = jax.jit(lambda params: qwix.quantize_params(params, abstract, stats))(nn.unbox(params))
   return with_model(float_workload, recorder.model), qparams
 
 
