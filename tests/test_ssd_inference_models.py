@@ -5,6 +5,7 @@ reference-weights converters on random arrays in the source layout, the retired 
 training run per variant plus a LoadGen accuracy run scored as mAP.
 """
 
+import json
 import math
 
 import flax
@@ -15,6 +16,7 @@ import pytest
 
 from suite.common import registry
 from suite.inference import loadgen as infer_loadgen
+from tests.conftest import run_suite
 
 
 def _workload(variant, scale='full', **overrides):
@@ -269,3 +271,26 @@ def test_ssd_resnet34_reference_weights_from_pytorch_names():
   arrays['conf.9.weight'] = arrays['conf.0.weight']
   with pytest.raises(Exception, match='unknown tensor'):
     workload.reference_weights(arrays)
+
+
+@pytest.mark.slow
+def test_tiny_ssd_resnet34_trains_to_its_target_and_loadgen_scores_it(tmp_path, data_dir):
+  """The tiny SSD-ResNet34 (heads of stride 3 and all) trains to its 0.2 mAP target; LoadGen's accuracy mode over
+  the whole eval split then scores the same detections with pycocotools."""
+  train = tmp_path / 'train'
+  result = run_suite('--workload=ssd', '--variant=ssd_resnet34', '--scale=tiny', '--seed=1', f'--data_dir={data_dir}',
+                     f'--output_dir={train}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((train / 'summary.json').read_text())
+  assert summary['final_metric'] >= 0.2, summary
+  out = tmp_path / 'accuracy'
+  result = run_suite('--workload=ssd', '--variant=ssd_resnet34', '--scale=tiny', f'--checkpoint={train}',
+                     f'--data_dir={data_dir}', f'--output_dir={out}', '--scenario=Offline', '--mode=accuracy',
+                     module='suite.infer', timeout=300)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  infer = json.loads((out / 'summary.json').read_text())
+  accuracy = infer['accuracy']
+  assert infer['model'] == 'ssd-resnet34' and accuracy['samples_scored'] == accuracy['eval_samples'] == 128
+  # Same images, weights and post-processing; only the batch size differs.
+  assert accuracy['accuracy'] == pytest.approx(summary['final_metric'], abs=0.01), (accuracy, summary)
+  assert accuracy['closed_bound'] == pytest.approx(0.99 * 0.20)

@@ -50,8 +50,8 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     c.postprocess.update(pre_nms_top_k=200, max_detections=20)
     c.global_batch_size = 32
     c.optimizer.update(learning_rate=0.05, warmup_epochs=0.5, decay_boundary_epochs=(100.0,))
-    c.target = 0.3
-    c.max_epochs = 12
+    c.target = 0.2  # Reached in 4-5 epochs (0.26 mAP after 5).
+    c.max_epochs = 8
     c.eval_every_epochs = 1
     c.log_every_steps = 8
   elif scale != 'full':
