@@ -34,6 +34,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from input_pipelines import generated_images
 from input_pipelines import image_classification as grain_images
 from input_pipelines.streams import local_batch_size, num_eval_batches
 from suite.common.errors import UserError
@@ -192,23 +193,13 @@ def eval_batches(source, *, global_batch_size: int, image_size: int, process_ind
 # --- `python -m input_pipelines.dali_images`: images/s of both backends on ImageNet-sized JPEGs ---
 
 
-def _photo_jpeg(height: int, width: int, seed: int) -> bytes:
-  """A JPEG (quality 90) of smooth colour waves plus sensor-like noise, ImageNet-sized: about 100 kB at 500x375."""
-  y, x = np.mgrid[0:height, 0:width]
-  waves = np.stack([128 + 100 * np.sin(x / 17 + seed), 128 + 100 * np.cos(y / 23 + seed),
-                    128 + 80 * np.sin((x + y) / 31)], -1)
-  noisy = waves + np.random.default_rng(seed).normal(0, 12, waves.shape)
-  buffer = io.BytesIO()
-  Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, format='JPEG', quality=90)
-  return buffer.getvalue()
-
-
 def bench(num_images: int = 256, batch_size: int = 64, image_size: int = 224, steps: int = 8, repeats: int = 3,
           num_threads: int = 4) -> dict:
   """Training images/s of the grain and DALI paths over the same generated JPEGs (ImageNet's common sizes),
   interleaved repetitions, medians; DALI on this machine's device ('cpu' without a GPU)."""
   sizes = [(375, 500), (500, 375), (333, 500), (500, 333), (480, 640), (500, 500)]
-  source = [{'image': _photo_jpeg(*sizes[i % len(sizes)], i), 'label': i % 10} for i in range(num_images)]
+  source = [{'image': generated_images.photo_jpeg(*sizes[i % len(sizes)], i), 'label': i % 10}
+            for i in range(num_images)]
   makers = {'grain': grain_images.train_batches, 'dali': train_batches}
   streams = {name: make(source, global_batch_size=batch_size, image_size=image_size, seed=0,
                         num_threads=num_threads) for name, make in makers.items()}

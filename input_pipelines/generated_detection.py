@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipelines import generated_images
+from suite.common.errors import UserError
 
 # The generator is seeded per example, so a config name fully determines the bytes written and any one example
 # can be recomputed on its own (tests do).
@@ -27,10 +28,17 @@ class GeneratedDetectionConfig(tfds.core.BuilderConfig):
   image_size: int = 64
   num_train: int = 1024
   num_eval: int = 128
+  # As in generated_images: 0 means image_size square; else source_size x 3/4 of it (COCO's common 640x480).
+  source_size: int = 0
+  encoding: str = 'png'
 
 
-def make_config(*, num_classes: int, image_size: int, num_train: int, num_eval: int) -> GeneratedDetectionConfig:
-  sizes = dict(num_classes=num_classes, image_size=image_size, num_train=num_train, num_eval=num_eval)
+def make_config(*, num_classes: int, image_size: int, num_train: int, num_eval: int, source_size: int = 0,
+                encoding: str = 'png') -> GeneratedDetectionConfig:
+  if encoding not in generated_images.ENCODINGS:
+    raise UserError(f'generated.encoding={encoding!r}: use one of {", ".join(generated_images.ENCODINGS)}')
+  sizes = dict(num_classes=num_classes, image_size=image_size, num_train=num_train, num_eval=num_eval,
+               source_size=source_size, encoding=encoding)
   return GeneratedDetectionConfig(name=generated_images.config_name(**sizes),
                                   description=f'Generated shapes, {sizes}.', **sizes)
 
@@ -53,7 +61,8 @@ class GeneratedDetection(tfds.core.GeneratorBasedBuilder):
     # `dataset_info_from_configs` needs the builder to live inside the tfds package; build the info directly.
     c = self.builder_config
     features = tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(c.image_size, c.image_size, 3), encoding_format='png'),
+        'image': tfds.features.Image(shape=(*generated_images.source_shape(c.image_size, c.source_size), 3),
+                                     encoding_format=c.encoding),
         'image/filename': tfds.features.Text(),
         'image/id': np.int64,
         'objects': tfds.features.Sequence({
@@ -75,13 +84,14 @@ class GeneratedDetection(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, num_examples: int):
     c = self.builder_config
     next_object_id = 1  # COCO ids start at 1; unique within a split.
+    height, width = generated_images.source_shape(c.image_size, c.source_size)
     for i in range(num_examples):
-      pixels_HxWx3, objects, _ = draw_example(split, i, num_classes=c.num_classes, image_size=c.image_size)
-      file_name = f'{split}_{i:07d}.png'
+      pixels_HxWx3, objects, _ = draw_example(split, i, num_classes=c.num_classes, image_size=height, width=width)
+      file_name = f'{split}_{i:07d}.{c.encoding}'
       for o in objects:
         o['id'] = next_object_id
         next_object_id += 1
-      yield file_name, {'image': generated_images.png_bytes(pixels_HxWx3), 'image/filename': file_name,
+      yield file_name, {'image': generated_images.encode(pixels_HxWx3, c.encoding), 'image/filename': file_name,
                         'image/id': image_id(i), 'objects': objects}
 
 
@@ -108,22 +118,25 @@ def shape_mask(shape: str, side: int) -> np.ndarray:
   raise ValueError(f'unknown shape {shape!r}')
 
 
-def draw_example(split: str, index: int, *, num_classes: int,
-                 image_size: int) -> tuple[np.ndarray, list[dict], list[np.ndarray]]:
-  """Example `index` of `split`: (uint8[S, S, 3] pixels, objects without ids, each object's bool[S, S] pixel mask).
+def draw_example(split: str, index: int, *, num_classes: int, image_size: int,
+                 width: int | None = None) -> tuple[np.ndarray, list[dict], list[np.ndarray]]:
+  """Example `index` of `split`: (uint8[S, W, 3] pixels, objects without ids, each object's bool[S, W] pixel mask),
+  S = image_size rows and W = width (default S) columns.
   Boxes (normalised ymin, xmin, ymax, xmax on pixel edges) are the tight extent of each object's pixels, and boxes
   never overlap, so every box holds exactly its object's visible pixels."""
+  height, width = image_size, width or image_size
   rng = np.random.default_rng([_SEED, _SPLIT_IDS[split], index])
   # Low-saturation noisy background, so that objects stand out by colour but not trivially by edges alone.
   background = rng.uniform(60, 190) + rng.uniform(-15, 15, size=3)
-  canvas_HxWx3 = background + rng.normal(0.0, 18.0, size=(image_size, image_size, 3))
-  lo, hi = (max(2, round(f * image_size)) for f in SIZE_RANGE)
+  canvas_HxWx3 = background + rng.normal(0.0, 18.0, size=(height, width, 3))
+  lo, hi = (max(2, round(f * min(height, width))) for f in SIZE_RANGE)
   placed = []  # (top, left, bottom, right) in pixels, bottom/right exclusive.
   for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
     label = int(rng.integers(num_classes))
     for _ in range(PLACEMENT_TRIES):
       side = int(rng.integers(lo, hi + 1))
-      top, left = (int(v) for v in rng.integers(0, image_size - side + 1, size=2))
+      # One draw of both corners (the same stream as one bound of size 2 when the canvas is square).
+      top, left = (int(v) for v in rng.integers(0, np.array([height - side + 1, width - side + 1])))
       box = (top, left, top + side, left + side)
       if not any(_overlap(box, other) for other, _ in placed):
         placed.append((box, label))
@@ -131,13 +144,14 @@ def draw_example(split: str, index: int, *, num_classes: int,
   objects, masks = [], []
   for (top, left, bottom, right), label in placed:
     mask_HxW = shape_mask(SHAPES[label % len(SHAPES)], bottom - top)
-    masks.append(np.zeros((image_size, image_size), bool))
+    masks.append(np.zeros((height, width), bool))
     masks[-1][top:bottom, left:right] = mask_HxW
     colour = class_colour(label, num_classes) * rng.uniform(0.8, 1.1)
     region = canvas_HxWx3[top:bottom, left:right]
     region[mask_HxW] = colour + rng.normal(0.0, 10.0, size=(int(mask_HxW.sum()), 3))
     rows, cols = np.flatnonzero(mask_HxW.any(1)), np.flatnonzero(mask_HxW.any(0))
-    bbox = np.array([top + rows[0], left + cols[0], top + rows[-1] + 1, left + cols[-1] + 1]) / image_size
+    bbox = (np.array([top + rows[0], left + cols[0], top + rows[-1] + 1, left + cols[-1] + 1])
+            / np.array([height, width, height, width]))
     objects.append({'area': int(mask_HxW.sum()), 'bbox': bbox.astype(np.float32), 'label': label,
                     'is_crowd': False})
   return np.clip(np.rint(canvas_HxWx3), 0, 255).astype(np.uint8), objects, masks
@@ -148,9 +162,10 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
 
 
 def ensure_generated_detection(data_dir: str, *, num_classes: int, image_size: int, num_train: int,
-                               num_eval: int) -> str:
+                               num_eval: int, source_size: int = 0, encoding: str = 'png') -> str:
   """Writes the dataset into data_dir unless it is already there; returns the name for `tfds.data_source`
   (e.g. 'generated_detection/c4_s64_n1024_e128'). Safe when several processes share data_dir (see
   generated_images.ensure_generated_images)."""
-  config = make_config(num_classes=num_classes, image_size=image_size, num_train=num_train, num_eval=num_eval)
+  config = make_config(num_classes=num_classes, image_size=image_size, num_train=num_train, num_eval=num_eval,
+                       source_size=source_size, encoding=encoding)
   return generated_images.prepare_once(GeneratedDetection, config, data_dir)

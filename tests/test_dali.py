@@ -13,6 +13,7 @@ from PIL import Image
 
 from input_pipelines import dali_images  # Imports DALI only when it makes batches.
 from input_pipelines import image_classification as grain_images
+from input_pipelines.generated_images import photo_jpeg
 from suite.common import registry
 from tests.conftest import run_suite
 
@@ -32,7 +33,7 @@ def _jpeg(pixels_HxWxC: np.ndarray) -> bytes:
 def jpegs():
   """A source (len, [i]) of ImageNet-sized JPEG records, label = index."""
   # Smooth colour waves plus sensor-like noise: detail at every scale, so a crop or scale error shows.
-  return [{'image': dali_images._photo_jpeg(h, w, i), 'label': i} for i, (h, w) in enumerate(SIZES)]
+  return [{'image': photo_jpeg(h, w, i), 'label': i} for i, (h, w) in enumerate(SIZES)]
 
 
 def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -17,7 +17,11 @@ beside the compiled train step's samples/s on batches already on the device; the
 on --system needs, per accelerator and per host core, and this machine's per-core rate as a fraction of it
 (suite/tools/needed_rates.py); the data-wait share of the real pipeline feeding a step of known duration
 (synthetic compute: a sleep of --compute_ms, default the measured step time) and of a real run (--real_run).
---set=data_workers=N runs the pipeline in N worker processes.
+--set=data_workers=N runs the pipeline in N worker processes. For resnet and ssd the data is generated at
+realistic sizes by default (REALISTIC_DATA: ImageNet-sized JPEGs cropped to 224x224, COCO-sized JPEGs with boxes
+resized to RetinaNet's 800x800), and then the tiny model's step, the synthetic compute (unless --compute_ms) and
+the real run are left out: the tiny model at those sizes is no real system's step. --norealistic_data reads the
+tiny scale's own small PNGs instead.
 """
 
 import itertools
@@ -59,6 +63,8 @@ def define_flags() -> None:
   flags.DEFINE_string('system', needed_rates.DEFAULT_SYSTEM, 'pipeline: the published system whose input rate to '
                       f'compare with ({", ".join(needed_rates.RESULTS)}).')
   flags.DEFINE_float('compute_ms', 0.0, 'pipeline: the synthetic step\'s duration in ms (0: the measured step time).')
+  flags.DEFINE_bool('realistic_data', True, 'pipeline: for resnet and ssd, generate and read data at realistic '
+                    'sizes (ImageNet- and COCO-sized JPEGs, full-size outputs) instead of the tiny scale\'s own.')
   flags.DEFINE_bool('real_run', True, 'pipeline: also run the workload (suite.main, one seed) and report its '
                     'data-wait share.')
 
@@ -191,16 +197,41 @@ def real_run_wait(workload_name: str, scale: str, data_dir: str | None, override
           'samples_per_s': summary['samples_per_s'], 'output_dir': out}
 
 
+# The config overrides of `pipeline(realistic_data=True)`: generated data in the real layout at the real sizes,
+# a few hundred images (a rate needs no more; generation takes well under a minute on 2 cores).
+# ImageNet: 500x375 is its most common training size and ~110 kB its mean JPEG (138 GB / 1.28M images); the
+# MLPerf ResNet-50 reference crops to 224x224 (mlcommons/training image_classification). COCO 2017: most images
+# are 640x480 (or 480x640); RetinaNet resizes to 800x800 (mlcommons/training single_stage_detector, ssd/
+# presets: `--image-size 800 800`).
+REALISTIC_DATA = {
+    'resnet': ('image_size=224', 'generated.source_size=500', 'generated.encoding=jpeg', 'generated.num_train=384',
+               'generated.num_eval=128'),
+    'ssd': ('image_size=800', 'generated.source_size=640', 'generated.encoding=jpeg', 'generated.num_train=192',
+            'generated.num_eval=32'),
+}
+
+
+def mean_record_bytes(workload, limit: int = 64) -> float | None:
+  """Mean size of the encoded images of the first `limit` training records (what is read from disk per sample)."""
+  source = getattr(workload, '_train_source', None)
+  if source is None:
+    return None
+  n = min(limit, len(source))
+  return sum(len(source[i]['image']) for i in range(n)) / n
+
+
 def pipeline(workload_name: str, scale: str, data_dir: str | None, num_steps: int, repeats: int,
              overrides: tuple[str, ...] = (), system: str = needed_rates.DEFAULT_SYSTEM, compute_ms: float = 0.0,
-             real_run: bool = False) -> dict:
+             real_run: bool = False, realistic_data: bool = False) -> dict:
   """Samples/s of `workload.train_batches` alone and of the compiled train step alone (medians of `repeats`); the
   pipeline keeps the step fed when its figure is the larger (it runs on a thread beside the step in a run).
   `overrides` (--set KEY=VALUE) change config fields, e.g. image_size=224 for ImageNet-sized outputs. Beside them:
   the rate `system`'s published result needs (needed_rates), and the data-wait shares (synthetic_compute_wait,
-  and real_run_wait when `real_run`)."""
+  and real_run_wait when `real_run`). `realistic_data` (resnet, ssd): REALISTIC_DATA's overrides come first, and
+  only the pipeline (and the synthetic compute of compute_ms when given) is measured."""
   needed = needed_rates.needed(workload_name, system)  # Checks --system before the long part.
-  config = memory.apply_overrides(registry.get_config(workload_name, scale), list(overrides))
+  realistic = REALISTIC_DATA.get(workload_name, ()) if realistic_data else ()
+  config = memory.apply_overrides(registry.get_config(workload_name, scale), [*realistic, *overrides])
   workload = registry.make_workload(workload_name, config, scale)
   workload.open_data(data_dir)
   batches = workload.train_batches(0, 0, 1)
@@ -213,6 +244,9 @@ def pipeline(workload_name: str, scale: str, data_dir: str | None, num_steps: in
     for _ in range(num_steps):
       next(batches)
     pipeline_s.append((time.perf_counter() - start) / num_steps)
+  if realistic:
+    return _realistic_result(workload, workload_name, scale, realistic, overrides, num_steps, repeats, system, needed,
+                             statistics.median(pipeline_s), first, bytes_per_sample, batches, compute_ms)
   mesh = sharding.make_mesh()
   schedule = workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size)
   compiled = compile_steps(workload, mesh, workload.optimizer(schedule), schedule, time.perf_counter)
@@ -251,6 +285,35 @@ def pipeline(workload_name: str, scale: str, data_dir: str | None, num_steps: in
   return result
 
 
+def _realistic_result(workload, workload_name, scale, realistic, overrides, num_steps, repeats, system, needed,
+                      pipe, first, bytes_per_sample, batches, compute_ms) -> dict:
+  """`pipeline`'s figures on realistic data: the pipeline's rate against the needed one (no train step)."""
+  if hasattr(batches, 'close'):
+    batches.close()
+  batch = workload.global_batch_size
+  cores = len(os.sched_getaffinity(0))
+  per_core = batch / pipe / cores
+  c = workload.config
+  result = {'benchmark': 'pipeline', 'workload': workload_name, 'scale': scale, 'data': 'realistic',
+            'realistic_overrides': list(realistic), 'overrides': list(overrides),
+            'source_size': [c.generated.source_size, round(c.generated.source_size * 3 / 4)],
+            'encoding': c.generated.encoding, 'output_size': c.image_size,
+            'mean_encoded_bytes_per_sample': mean_record_bytes(workload),
+            'global_batch_size': batch, 'data_threads': c.get('data_threads'), 'data_workers': c.get('data_workers', 0),
+            'steps': num_steps, 'repeats': repeats, 'host_cores': cores,
+            'pipeline_samples_per_s': batch / pipe, 'pipeline_samples_per_s_per_core': per_core,
+            'bytes_per_sample_to_device': bytes_per_sample,
+            'batch_dtypes': {k: str(np.asarray(v).dtype) for k, v in first.items()},
+            'system': system, 'needed': needed,
+            'needed_samples_per_s_per_accelerator': needed and needed['samples_per_s_per_accelerator'],
+            'needed_samples_per_s_per_host_core': needed and needed['samples_per_s_per_host_core'],
+            'per_core_ratio_to_needed': needed and per_core / needed['samples_per_s_per_host_core']}
+  if compute_ms > 0:
+    batch_sharding = sharding.batch_sharding(sharding.make_mesh())
+    result['synthetic_compute'] = synthetic_compute_wait(workload, batch_sharding, compute_ms / 1000, num_steps)
+  return result
+
+
 BENCHMARKS = ('overhead', 'scaling', 'memory', 'pipeline')
 
 
@@ -264,7 +327,7 @@ def main(argv):
       result = scaling(FLAGS.workload, FLAGS.scale, FLAGS.data_dir)
     elif argv[1] == 'pipeline':
       result = pipeline(FLAGS.workload, FLAGS.scale, FLAGS.data_dir, FLAGS.steps, FLAGS.repeats, FLAGS.set,
-                        FLAGS.system, FLAGS.compute_ms, FLAGS.real_run)
+                        FLAGS.system, FLAGS.compute_ms, FLAGS.real_run, FLAGS.realistic_data)
     elif argv[1] == 'memory':
       result = memory.memory(FLAGS.workload, FLAGS.scale, FLAGS.mesh, FLAGS.devices, FLAGS.set)
     else:

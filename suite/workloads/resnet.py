@@ -54,7 +54,8 @@ def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
   c.data_threads = 16
   c.data_workers = 0  # Input worker processes (grain mp_prefetch); 0: data_threads threads only. Same batches.
   c.skip_bad_records = False  # True: replace an undecodable train record by the next good one, and count it.
-  c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0))
+  # source_size / encoding: the stored images (generated_images.GeneratedImagesConfig); 0 / 'png': image_size PNGs.
+  c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0, source_size=0, encoding='png'))
   # Model.
   # stage_sizes=(): the standard stages of `depth` (ResNet-50: 3, 4, 6, 3).
   c.model = ml_collections.ConfigDict(dict(depth=50, width=64, stage_sizes=(), small_stem=False,
@@ -77,7 +78,8 @@ def get_config(scale: str, variant: str = '') -> ml_collections.ConfigDict:
     c.image_size = 32
     c.crop_min_scale = 0.35
     c.data_threads = 4
-    c.generated = ml_collections.ConfigDict(dict(num_train=4096, num_eval=512, image_size=32))
+    c.generated = ml_collections.ConfigDict(dict(num_train=4096, num_eval=512, image_size=32, source_size=0,
+                                                 encoding='png'))
     c.model = ml_collections.ConfigDict(dict(depth=18, width=16, stage_sizes=(1, 1, 1), small_stem=True,
                                              dtype='float32'))
     c.global_batch_size = 128
@@ -145,7 +147,7 @@ class ResNetWorkload(workload_lib.Workload):
       g = c.generated
       name = generated_images.ensure_generated_images(
           data_dir, num_classes=c.num_classes, image_size=g.image_size, num_train=g.num_train,
-          num_eval=g.num_eval)
+          num_eval=g.num_eval, source_size=g.get('source_size', 0), encoding=g.get('encoding', 'png'))
     elif name != get_config(self.scale).dataset:
       self._adopt_dataset(name, data_dir)
     self._train_source = sources.open_split(name, c.train_split, data_dir, c.skip_bad_records)

@@ -42,7 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_threads = 16
   c.data_workers = 0  # Input worker processes (grain mp_prefetch); 0: data_threads threads only. Same batches.
   c.skip_bad_records = False  # True: replace an undecodable train record by the next good one, and count it.
-  c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0))
+  # source_size / encoding: the stored images (generated_detection.GeneratedDetectionConfig); 0 / 'png': squares.
+  c.generated = ml_collections.ConfigDict(dict(num_train=0, num_eval=0, image_size=0, source_size=0, encoding='png'))
   c.matching = ml_collections.ConfigDict(dict(positive_iou=0.5, negative_iou=0.4, allow_low_quality=True))
   c.loss = ml_collections.ConfigDict(dict(focal_alpha=0.25, focal_gamma=2.0, box_beta=0.0, negatives_ratio=3))
   c.box_weights = (1.0, 1.0, 1.0, 1.0)
@@ -153,7 +154,7 @@ class DetectionWorkload(workload_lib.Workload):
       g = c.generated
       name = generated_detection.ensure_generated_detection(
           data_dir, num_classes=c.num_classes, image_size=g.image_size, num_train=g.num_train,
-          num_eval=g.num_eval)
+          num_eval=g.num_eval, source_size=g.get('source_size', 0), encoding=g.get('encoding', 'png'))
     self._train_source = sources.open_split(name, c.train_split, data_dir, c.skip_bad_records)
     self._eval_source = sources.open_split(name, c.eval_split, data_dir, is_eval=True)
 

@@ -35,7 +35,8 @@ def get_config(scale: str) -> ml_collections.ConfigDict:
     c.image_size = 64
     c.max_boxes = 8
     c.data_threads = 4
-    c.generated = ml_collections.ConfigDict(dict(num_train=1024, num_eval=128, image_size=64))
+    c.generated = ml_collections.ConfigDict(dict(num_train=1024, num_eval=128, image_size=64, source_size=0,
+                                                 encoding='png'))
     c.model = ml_collections.ConfigDict(dict(
         stage_sizes=(1, 1, 1), width=16, groups=4, width_per_group=4, fpn_channels=32, head_convs=1,
         min_level=3, max_level=5, num_anchors=9, dtype='float32', frozen_bn=False, trainable_backbone_layers=3))
