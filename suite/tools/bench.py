@@ -24,6 +24,7 @@ the real run are left out: the tiny model at those sizes is no real system's ste
 tiny scale's own small PNGs instead.
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -233,20 +234,27 @@ def pipeline(workload_name: str, scale: str, data_dir: str | None, num_steps: in
   realistic = REALISTIC_DATA.get(workload_name, ()) if realistic_data else ()
   config = memory.apply_overrides(registry.get_config(workload_name, scale), [*realistic, *overrides])
   workload = registry.make_workload(workload_name, config, scale)
-  workload.open_data(data_dir)
+  with contextlib.redirect_stdout(sys.stderr):  # tfds reports a dataset's generation on stdout; ours is the JSON.
+    workload.open_data(data_dir)
   batches = workload.train_batches(0, 0, 1)
   first = next(batches)  # Opens the files.
   # What one step ships host -> device, per sample (the image dtype decides most of it: uint8 or float32).
   bytes_per_sample = sum(np.asarray(v).nbytes for v in jax.tree.leaves(first)) / workload.global_batch_size
   pipeline_s = []
+  cpu_start = time.process_time()  # This process's CPU time (all its threads; not worker processes').
   for _ in range(repeats):
     start = time.perf_counter()
     for _ in range(num_steps):
       next(batches)
     pipeline_s.append((time.perf_counter() - start) / num_steps)
+  cpu_s = time.process_time() - cpu_start
   if realistic:
-    return _realistic_result(workload, workload_name, scale, realistic, overrides, num_steps, repeats, system, needed,
-                             statistics.median(pipeline_s), first, bytes_per_sample, batches, compute_ms)
+    result = _realistic_result(workload, workload_name, scale, realistic, overrides, num_steps, repeats, system,
+                               needed, statistics.median(pipeline_s), first, bytes_per_sample, batches, compute_ms)
+    # Samples per CPU-second: the per-core rate on a core of its own, which a busy shared machine's wall-clock
+    # figure understates (prefetched batches make it a slight overestimate).
+    result['pipeline_samples_per_cpu_s'] = repeats * num_steps * workload.global_batch_size / cpu_s
+    return result
   mesh = sharding.make_mesh()
   schedule = workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size)
   compiled = compile_steps(workload, mesh, workload.optimizer(schedule), schedule, time.perf_counter)
