@@ -117,6 +117,12 @@ REFERENCE_PARAMS = {
     # 37,060,652 parameters() + 68,224 frozen BN weight and bias.
     ('ssd', 'retinanet'): sum(mlperf_retinanet_params()),
     ('ssd', 'ssd300'): mlperf_ssd300_params(),
+    # MLPerf Inference's SSD-MobileNet-v1 (TF) and SSD-ResNet34 at 1200x1200 (ssd_r34.py: the SSD300 network with
+    # other strides, so the same count), each transcribed from the reference code in test_ssd_inference_models.py.
+    ('ssd', 'ssd_mobilenet'): 6_819_839,
+    ('ssd', 'ssd_resnet34'): 19_972_534,
+    # MobileNet-v1 1.0 at 224, 1000 classes: Keras MobileNet's 4,231,976 trainable parameters (test_mobilenet.py).
+    ('mobilenet', 'mobilenet_v1'): 4_231_976,
     # The TF reference's Transformer-big variables (tests/test_transformer_model.py counts them layer by layer).
     ('transformer', 'big'): 210_804_736,
     # The PyTorch rnn_translator reference at its 32,320-token vocabulary (models/gnmt.py says where it comes from).
