@@ -36,7 +36,7 @@ from PIL import Image
 
 from input_pipelines import generated_images
 from input_pipelines import image_classification as grain_images
-from input_pipelines.streams import local_batch_size, num_eval_batches
+from input_pipelines.streams import global_eval_positions, global_train_examples, local_batch_size
 from suite.common.errors import UserError
 
 BACKENDS = ('grain', 'dali')
@@ -160,13 +160,9 @@ def train_batches(source, *, global_batch_size: int, image_size: int, seed: int,
   del num_workers
   check_backend('dali', small_images=small_images)
   batch_size = local_batch_size(global_batch_size, process_count)
-  if len(source) < global_batch_size:
-    raise UserError(f'the training split has {len(source)} examples, fewer than one global batch '
-                    f'({global_batch_size}): lower --config.global_batch_size')
-  shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
-  ds = grain.MapDataset.source(source).shuffle(seed=int(shuffle_seed)).repeat()
-  ds = ds.random_map(functools.partial(_train_plan, crop_min_scale=crop_min_scale), seed=int(augment_seed))
-  ds = ds.slice(slice(start_batch * global_batch_size + process_index, None, process_count))
+  ds = global_train_examples(source, functools.partial(_train_plan, crop_min_scale=crop_min_scale),
+                             global_batch_size=global_batch_size, seed=seed, process_index=process_index,
+                             process_count=process_count, start_batch=start_batch)
   plans = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)))
   return _batches(plans, batch_size=batch_size, image_size=image_size, channels=channels, num_threads=num_threads,
                   outputs=('image', 'label'))
@@ -179,8 +175,8 @@ def eval_batches(source, *, global_batch_size: int, image_size: int, process_ind
   out to the processes), the same centre crop; pads are zero images with mask 0."""
   check_backend('dali', small_images=small_images)
   batch_size = local_batch_size(global_batch_size, process_count)
-  num_positions = num_eval_batches(len(source), global_batch_size) * global_batch_size
-  ds = grain.MapDataset.range(num_positions).slice(slice(process_index, None, process_count))
+  ds = global_eval_positions(len(source), global_batch_size=global_batch_size, process_index=process_index,
+                             process_count=process_count)
   ds = ds.map(functools.partial(_eval_plan, source=source, image_size=image_size))
   plans = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)))
   for batch in _batches(plans, batch_size=batch_size, image_size=image_size, channels=channels,
