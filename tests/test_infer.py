@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import threading
 
 import numpy as np
@@ -262,3 +263,20 @@ def test_infer_bench_reports_no_figure_for_an_erroring_run(trained, data_dir, tm
   assert report['offline_bare_samples_per_s'] > 0  # The bare loop runs outside the SUT: untouched.
   assert all(r['errors'] and not r['valid'] for r in report['server_runs'])
   assert report['server_qps_at_bound'] is None
+
+
+def test_the_tiny_default_checkpoint_is_trained_per_variant(tmp_path, monkeypatch):
+  # Variants share a workload name, not a model: each gets its own cached tiny run, trained as that variant.
+  calls = []
+
+  def fake_train(args, **_):
+    calls.append(args)
+    os.makedirs(os.path.join(next(a.split('=', 1)[1] for a in args if a.startswith('--output_dir=')), 'checkpoints'))
+    return subprocess.CompletedProcess(args, 0, '', '')
+
+  monkeypatch.setattr(infer_model.subprocess, 'run', fake_train)
+  dirs = {v: infer_model.tiny_checkpoint('ssd', v, None, str(tmp_path), None) for v in ('retinanet', 'ssd_resnet34')}
+  assert dirs['retinanet'] != dirs['ssd_resnet34'] and len(calls) == 2
+  assert '--variant=ssd_resnet34' in calls[1] and f'--output_dir={dirs["ssd_resnet34"]}' in calls[1]
+  assert infer_model.tiny_checkpoint('ssd', 'ssd_resnet34', None, str(tmp_path), None) == dirs['ssd_resnet34']
+  assert len(calls) == 2  # Trained once, then reused.

@@ -296,7 +296,7 @@ def run(workload, options: infer_run.InferOptions, tests: tuple[str, ...], named
   quantize.check_options(options.precision, options.calibration_list, options.scale)
   options = dataclasses.replace(options, mode='performance')
   workload.open_data(options.data_dir)
-  checkpoint = infer_run.checkpoint_dir(options)
+  checkpoint = infer_run.checkpoint_dir(options, workload.variant)
   settings, predictor, library, policy, finish = infer_run.build(workload, options, checkpoint)
   infer_run.prepare_output_dir(options.output_dir, options.overwrite)
 

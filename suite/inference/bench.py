@@ -74,7 +74,8 @@ def run(workload, options: infer_lib.InferOptions, offline_s: float, server_s: f
   quantize.check_options(options.precision, options.calibration_list, options.scale)
   workload.open_data(options.data_dir)
   offline = infer_lib.InferOptions(**{**options.__dict__, 'scenario': 'Offline'})
-  settings, predictor, library, policy, finish = infer_lib.build(workload, offline, infer_lib.checkpoint_dir(offline))
+  checkpoint = infer_lib.checkpoint_dir(offline, workload.variant)
+  settings, predictor, library, policy, finish = infer_lib.build(workload, offline, checkpoint)
   # One predictor serves both scenarios: Server's dynamic batch sizes are compiled alongside Offline's.
   server_sizes = infer_model.batch_sizes_for('Server', 1, options.server_batch_size)
   extra = [b for b in server_sizes if b not in predictor.executables]

@@ -105,14 +105,16 @@ def default_cache_dir() -> str:
   return os.path.join(base, 'mlperf_jax_suite')
 
 
-def tiny_checkpoint(workload_name: str, data_dir: str | None, cache_dir: str, platform: str | None,
+def tiny_checkpoint(workload_name: str, variant: str, data_dir: str | None, cache_dir: str, platform: str | None,
                     seed: int = 0) -> str:
-  """A trained tiny model for accuracy mode to mean something: trained once into the cache, then reused."""
-  run_dir = os.path.join(cache_dir, f'{workload_name}-tiny-seed{seed}')
+  """A trained tiny model of a workload's variant for accuracy mode to mean something: trained once into the cache
+  (one folder per variant: they share a workload name, not a model), then reused."""
+  run_dir = os.path.join(cache_dir, f"{workload_name}{f'-{variant}' if variant else ''}-tiny-seed{seed}")
   if os.path.isdir(os.path.join(run_dir, checkpoint.CHECKPOINTS)):
     return run_dir
   args = [sys.executable, '-m', 'suite.main', f'--workload={workload_name}', '--scale=tiny', f'--seed={seed}',
           f'--output_dir={run_dir}', '--overwrite']
+  args += [f'--variant={variant}'] if variant else []
   args += [f'--data_dir={data_dir}'] if data_dir else []
   args += [f'--platform={platform}'] if platform else []
   result = subprocess.run(args, capture_output=True, text=True, check=False)

@@ -112,13 +112,14 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
-def checkpoint_dir(options: InferOptions) -> str:
+def checkpoint_dir(options: InferOptions, variant: str) -> str:
+  """--checkpoint, or for --scale=tiny the cached tiny model of the workload's `variant`."""
   from suite.inference import model as infer_model  # pylint: disable=import-outside-toplevel
   if options.checkpoint:
     return options.checkpoint
   if options.scale != 'tiny':
     raise UserError(f'--scale={options.scale} needs --checkpoint=DIR (the --output_dir of a training run)')
-  return infer_model.tiny_checkpoint(options.workload, options.data_dir,
+  return infer_model.tiny_checkpoint(options.workload, variant, options.data_dir,
                                      options.cache_dir or infer_model.default_cache_dir(), options.platform)
 
 
@@ -225,7 +226,7 @@ def run(workload, options: InferOptions) -> dict:
   infer_model.loadgen_model(workload)  # A variant without a LoadGen benchmark fails before any work.
   quantize.check_options(options.precision, options.calibration_list, options.scale)
   workload.open_data(options.data_dir)
-  checkpoint = checkpoint_dir(options)
+  checkpoint = checkpoint_dir(options, workload.variant)
   settings, predictor, library, policy, finish = build(workload, options, checkpoint)
   prepare_output_dir(options.output_dir, options.overwrite)
 
