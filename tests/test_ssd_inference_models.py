@@ -7,6 +7,7 @@ training run per variant plus a LoadGen accuracy run scored as mAP.
 
 import json
 import math
+import os
 
 import flax
 import jax
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from suite.common import registry
+from suite.inference import convert_weights
 from suite.inference import loadgen as infer_loadgen
 from tests.conftest import run_suite
 
@@ -204,7 +206,7 @@ def test_ssd_mobilenet_reference_weights_from_tf_names_in_onnx_layout():
     workload.reference_weights(arrays)
 
 
-def test_ssd_resnet34_reference_weights_from_pytorch_names():
+def test_ssd_resnet34_reference_weights_from_pytorch_names(tmp_path):
   workload = _workload('ssd_resnet34', 'tiny')
   params = _flat(workload.init_variables(jax.random.PRNGKey(0))[0])
   rng = np.random.default_rng(1)
@@ -268,6 +270,10 @@ def test_ssd_resnet34_reference_weights_from_pytorch_names():
                **new_state}
   logits, _ = workload.model.apply(variables, jnp.zeros((1, s, s, 3)), train=False)
   assert logits.shape == (1, workload.anchors.shape[0], classes) and np.isfinite(np.asarray(logits)).all()
+  # suite.convert_weights writes them as a checkpoint without the training data (this workload's data is not open).
+  written = convert_weights.convert(workload, arrays, str(tmp_path / 'converted'))
+  assert written['values'] == sum(int(np.size(v)) for v in jax.tree.leaves((new_params, new_state)))
+  assert os.path.isdir(tmp_path / 'converted' / 'checkpoints')
   arrays['conf.9.weight'] = arrays['conf.0.weight']
   with pytest.raises(Exception, match='unknown tensor'):
     workload.reference_weights(arrays)

@@ -59,7 +59,9 @@ def convert(workload, arrays: dict[str, np.ndarray], output_dir: str, overwrite:
   from suite.workloads.base import TrainState  # pylint: disable=import-outside-toplevel
   params, model_state = workload.reference_weights(arrays)
   mesh = sharding.make_mesh()
-  tx = workload.optimizer(workload.learning_rate_schedule(workload.num_train_examples / workload.global_batch_size))
+  # The optimizer state's layout does not depend on the schedule's length, nor does it need the training data (not
+  # opened here): one step per epoch serves.
+  tx = workload.optimizer(workload.learning_rate_schedule(1))
   init_fn, rng_shape, state_specs, state_shardings = steps.sharded_state_layout(workload, mesh, tx)
   for what, tree, specs in (('params', params, state_specs.params), ('model_state', model_state,
                                                                        state_specs.model_state)):
